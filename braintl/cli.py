@@ -1,0 +1,39 @@
+"""The ``braintl`` command: one sub-command module per stage, registered here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from braintl.commands import data, train
+from braintl.errors import UserError
+
+COMMANDS = (data, train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="braintl",
+        description="Transfer-learning experiments on brain MRI: data, training, runs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"braintl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("braintl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
