@@ -1,0 +1,180 @@
+"""Binary tumor / no-tumor scores from labels and predicted tumor probabilities.
+
+Every score comes from ``(y_true, prob)`` and a decision threshold: an image is called
+*tumor* when ``prob >= threshold``. Two thresholds are reported: the conventional 0.5 and
+the Youden-optimal one, which must be chosen on validation data and then applied unchanged
+to the test set — choosing it on the test set would leak the test labels into the score::
+
+    threshold = youden_threshold(y_val, p_val)
+    test = evaluate(y_test, p_test, threshold=threshold)
+
+Scores that are undefined on the data at hand (AUC with one class present, precision with
+nothing predicted positive, ...) are NaN, never an exception or a silent 0; ``to_dict``
+turns them into ``None`` so the result is strict JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn import metrics as skm
+
+DEFAULT_THRESHOLD = 0.5
+ECE_BINS = 10
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """Scores at one threshold. Class 1 is *tumor* (positive), class 0 *no tumor*."""
+
+    threshold: float
+    n: int
+    n_tumor: int
+    n_no_tumor: int
+    accuracy: float
+    precision: float
+    recall: float
+    specificity: float
+    f1: float
+    auc: float
+    brier: float
+    ece: float
+    tn: int
+    fp: int
+    fn: int
+    tp: int
+
+    @property
+    def sensitivity(self) -> float:
+        return self.recall
+
+    @property
+    def per_class_accuracy(self) -> dict[str, float]:
+        """The seed's per-class accuracy: the share of each true class classified correctly."""
+        return {"tumor": self.recall, "no_tumor": self.specificity}
+
+    @property
+    def confusion_matrix(self) -> list[list[int]]:
+        """Rows are the true class, columns the predicted one, both ordered (no_tumor, tumor)."""
+        return [[self.tn, self.fp], [self.fn, self.tp]]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["sensitivity"] = self.sensitivity
+        out["per_class_accuracy"] = self.per_class_accuracy
+        out["confusion_matrix"] = self.confusion_matrix
+        return _json_safe(out)
+
+
+@dataclass(frozen=True)
+class ThresholdedMetrics:
+    """One set of predictions scored at 0.5 and at a Youden threshold taken from validation."""
+
+    at_default: BinaryMetrics
+    at_youden: BinaryMetrics
+
+    def to_dict(self) -> dict:
+        return {"at_0.5": self.at_default.to_dict(), "at_youden": self.at_youden.to_dict()}
+
+
+def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetrics:
+    """All scores of ``prob`` (tumor probabilities) against ``y_true`` (1 tumor, 0 no tumor)."""
+    y, p = _check(y_true, prob)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    pred = (p >= threshold).astype(np.int64)
+    (tn, fp), (fn, tp) = skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+    both_classes = 0 < int(y.sum()) < len(y)
+    return BinaryMetrics(
+        threshold=float(threshold),
+        n=len(y),
+        n_tumor=tp + fn,
+        n_no_tumor=tn + fp,
+        accuracy=float(skm.accuracy_score(y, pred)),
+        precision=float(skm.precision_score(y, pred, zero_division=np.nan)),
+        recall=float(skm.recall_score(y, pred, zero_division=np.nan)),
+        specificity=_ratio(tn, tn + fp),
+        f1=float(skm.f1_score(y, pred, zero_division=np.nan)),
+        auc=float(skm.roc_auc_score(y, p)) if both_classes else math.nan,
+        brier=float(skm.brier_score_loss(y, p, labels=[0, 1])),
+        ece=expected_calibration_error(y, p),
+        tn=tn,
+        fp=fp,
+        fn=fn,
+        tp=tp,
+    )
+
+
+def evaluate_at_thresholds(y_true, prob, youden: float) -> ThresholdedMetrics:
+    """Scores at 0.5 and at ``youden``, which the caller took from :func:`youden_threshold`
+    on *validation* predictions (pass the same value for the validation and the test set)."""
+    return ThresholdedMetrics(evaluate(y_true, prob), evaluate(y_true, prob, threshold=youden))
+
+
+def youden_threshold(y_val, p_val) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity − 1 on validation data.
+
+    The result is one of the validation probabilities (the rule is ``prob >= threshold``); on
+    ties the highest such threshold wins. When J cannot be positive — one class only, or
+    predictions carrying no information — there is nothing to optimise and 0.5 is returned.
+    """
+    y, p = _check(y_val, p_val)
+    if not 0 < int(y.sum()) < len(y):
+        return DEFAULT_THRESHOLD
+    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
+    j = tpr - fpr
+    best = int(np.argmax(j))
+    if j[best] <= 0:
+        return DEFAULT_THRESHOLD
+    return float(thresholds[best])
+
+
+def expected_calibration_error(y_true, prob, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the tumor probability, with ``n_bins`` equal-width bins.
+
+    Bin ``k`` holds ``k/n_bins <= prob < (k+1)/n_bins`` (the last bin includes 1.0);
+    ECE = Σ_k (|bin k| / N) · |mean(y in bin k) − mean(prob in bin k)|. This scores the
+    positive-class probability (the reliability diagram of P(tumor)), not the top-label
+    confidence, so it reads the same whichever class is predicted.
+    """
+    y, p = _check(y_true, prob)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    label_sum = np.bincount(bins, weights=y, minlength=n_bins)
+    gap = np.abs(label_sum - np.bincount(bins, weights=p, minlength=n_bins))
+    # |Σy − Σp| over the bin is |bin| · |mean y − mean p|, so dividing by N gives the weighted gap.
+    return float(gap[counts > 0].sum() / len(y))
+
+
+def _check(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    p = np.asarray(prob, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 1 or len(y) != len(p):
+        raise ValueError(
+            f"y_true and prob must be 1-D and of equal length, got shapes {y.shape} and {p.shape}"
+        )
+    if len(y) == 0:
+        raise ValueError("cannot score an empty set of predictions")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"y_true must hold only 0 (no tumor) and 1 (tumor), got {np.unique(y)}")
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError("prob must hold finite probabilities in [0, 1]")
+    return y.astype(np.int64), p
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
