@@ -63,7 +63,7 @@ class Location:
         return _guard(self.url, self.fs.cat_file, self.path)
 
     def write_bytes(self, data: bytes) -> None:
-        """Write a whole object; local files go through a temporary name so readers never see half."""
+        """Write a whole object; a local file goes through a temporary name, never half-seen."""
         parent = posixpath.dirname(self.path)
         if self.protocol == "file":
             self.fs.makedirs(parent, exist_ok=True)

@@ -21,7 +21,8 @@ ARRAYS = ("images", "labels", "groups", "augmented")
 class Split:
     """Indices into a :class:`TensorSet`: a held-out test part and k validation folds.
 
-    The training part of fold k is every non-test index outside fold k. Validation folds
+    The training part of fold k is every non-test index outside fold k (with one fold, the
+    folds do not cover the development part; the rest only trains). Validation folds
     hold only original images; augmented copies sit with their source group and are used
     only when that group is in training (see :meth:`fold`).
     """
@@ -31,7 +32,9 @@ class Split:
     folds: tuple[np.ndarray, ...]
     leaky: bool
 
-    def fold(self, k: int, augmented: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fold(
+        self, k: int, augmented: np.ndarray, groups: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(train indices, validation indices) for fold ``k``.
 
         Under the leak-free protocol an augmented copy joins training only if its source group
@@ -40,8 +43,7 @@ class Split:
         if not 0 <= k < len(self.folds):
             raise ValueError(f"fold {k} does not exist: choose 0..{len(self.folds) - 1}")
         val = self.folds[k]
-        dev = np.concatenate(self.folds) if self.folds else np.empty(0, dtype=np.int64)
-        train = np.setdiff1d(dev, val)
+        train = np.setdiff1d(np.arange(len(groups)), np.concatenate([self.test, val]))
         if not self.leaky:
             val_groups = np.unique(groups[val])
             train = train[~np.isin(groups[train], val_groups)]

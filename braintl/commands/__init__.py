@@ -1,0 +1,1 @@
+"""Sub-commands of the ``braintl`` CLI, one module each, each with ``register(subparsers)``."""

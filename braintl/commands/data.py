@@ -1,0 +1,257 @@
+"""``braintl data inspect | split | prepare``: look at data, its split, and build its cache."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from pydantic import ValidationError
+
+from braintl.commands.output import print_json, table
+from braintl.data.decode import DecodeLimits
+from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
+from braintl.data.listing import list_images
+from braintl.data.manifest import scan
+from braintl.data.phantoms import write_phantom_dataset
+from braintl.data.prepare import DataConfig, build_tensors, part_sizes, prepare, scan_data
+from braintl.data.splits import PROTOCOLS, leakage
+from braintl.errors import UserError
+from braintl.storage import resolve
+
+DEFAULT_OUT = "braintl-out"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="inspect, split and prepare labelled images")
+    cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    inspect = cmds.add_parser("inspect", help="counts, quarantined files, duplicates, fingerprint")
+    inspect.add_argument("data_url", metavar="DATA_URL")
+    _validation_args(inspect)
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(handler=run_inspect)
+
+    split = cmds.add_parser("split", help="part sizes per label and a leakage count")
+    split.add_argument("data_url", metavar="DATA_URL")
+    _validation_args(split)
+    _split_args(split)
+    split.add_argument("--json", action="store_true", help="print one JSON object")
+    split.set_defaults(handler=run_split)
+
+    prep = cmds.add_parser("prepare", help="build and cache the tensors training reads")
+    prep.add_argument(
+        "data_url",
+        metavar="DATA_URL",
+        nargs="?",
+        help="labelled images; omitted: synthetic phantoms written under OUT_URL/phantoms",
+    )
+    prep.add_argument("--out", default=DEFAULT_OUT, metavar="OUT_URL", help="default: %(default)s")
+    _validation_args(prep)
+    _split_args(prep)
+    prep.add_argument("--image-size", type=int, default=224)
+    prep.add_argument("--crop", action="store_true", help="crop to the brain before resizing")
+    prep.add_argument("--no-augment", action="store_true", help="skip offline augmentation")
+    prep.add_argument("--json", action="store_true", help="print one JSON object")
+    prep.set_defaults(handler=run_prepare)
+
+
+def _validation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--label-map",
+        default="yes=tumor,no=no_tumor",
+        metavar="FOLDER=LABEL,...",
+        help="label folders and their labels (default: %(default)s)",
+    )
+    p.add_argument("--min-side", type=int, default=32, help="px; smaller images are quarantined")
+    p.add_argument(
+        "--max-pixels", type=int, default=64_000_000, help="larger images are quarantined"
+    )
+    p.add_argument(
+        "--near-distance",
+        type=int,
+        default=DEFAULT_NEAR_DISTANCE,
+        help="perceptual-hash bits (of 256) for near duplicates; -1 turns them off",
+    )
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=PROTOCOLS, default="groups")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parse_label_map(text: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise UserError(
+            f"--label-map {text!r}: write it as FOLDER=LABEL pairs, e.g. yes=tumor,no=no_tumor"
+        )
+    return {folder.strip(): label.strip() for folder, label in pairs}
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
+    fields = {
+        "label_map": parse_label_map(args.label_map),
+        "min_side": args.min_side,
+        "max_pixels": args.max_pixels,
+        "near_distance": args.near_distance,
+    }
+    for name in ("protocol", "folds", "test_fraction", "seed"):
+        if hasattr(args, name):
+            fields[name] = getattr(args, name)
+    fields.update(overrides)
+    try:
+        return DataConfig(**fields)
+    except ValidationError as exc:
+        raise UserError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+    )
+    return f"bad parameter value: {problems}"
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    manifest = scan(
+        list_images(args.data_url, config.label_map),
+        DecodeLimits(config.min_side, config.max_pixels),
+        config.near_distance,
+    )
+    summary = manifest.summary()
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"data: {summary['root']}   fingerprint: {summary['fingerprint']}")
+    rows = [
+        (label, n, summary["usable_per_label"].get(label, 0))
+        for label, n in summary["per_label"].items()
+    ]
+    print(table(["label", "files", "usable"], rows))
+    print(
+        f"\n{summary['groups']} source groups; {summary['exact_duplicate_pairs']} exact and "
+        f"{summary['near_duplicate_pairs']} near duplicate pairs "
+        f"(within {summary['near_distance']} bits)"
+    )
+    if summary["duplicate_groups"]:
+        print("\nduplicate groups:")
+        print(
+            table(
+                ["group", "kind", "label", "members"],
+                [
+                    (g["group"], g["kind"], g["labels"][0], ", ".join(g["members"]))
+                    for g in summary["duplicate_groups"]
+                ],
+            )
+        )
+    _print_problems(
+        "label conflicts (kept out of training and evaluation)",
+        [
+            (g["group"], "/".join(g["labels"]), ", ".join(g["members"]))
+            for g in summary["label_conflicts"]
+        ],
+        ["group", "labels", "members"],
+    )
+    _print_problems(
+        "quarantined",
+        [(q["file"], q["reason"], q["detail"]) for q in summary["quarantined"]],
+        ["file", "reason", "detail"],
+    )
+    _print_problems(
+        "skipped", [(s["file"], s["reason"]) for s in summary["skipped"]], ["file", "reason"]
+    )
+    print(f"\ntime: {summary['seconds']:.2f} s")
+    return 0
+
+
+def _print_problems(title: str, rows: list[tuple], headers: list[str]) -> None:
+    if rows:
+        print(f"\n{title}:")
+        print(table(headers, rows))
+
+
+def run_split(args: argparse.Namespace) -> int:
+    # Part sizes do not depend on pixels: build at a tiny size to keep this quick.
+    config = config_from_args(args, preprocess={"image_size": 32})
+    start = time.perf_counter()
+    manifest, pixels = scan_data(args.data_url, config)
+    tensors = build_tensors(manifest, pixels, config)
+    result = {
+        "protocol": config.protocol,
+        "leaky": tensors.split.leaky,
+        "folds": config.folds,
+        "test_fraction": config.test_fraction,
+        "seed": config.seed,
+        "images": len(tensors),
+        "augmented": int(tensors.augmented.sum()),
+        "parts": part_sizes(tensors),
+        "leakage": leakage(tensors.split, tensors.groups),
+        "fingerprint": manifest.fingerprint,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if args.json:
+        print_json(result)
+        return 0
+    _print_split(result)
+    return 0
+
+
+def _print_split(result: dict) -> None:
+    warn = "  (LEAKY: the seed's protocol, for comparison only)" if result["leaky"] else ""
+    print(
+        f"protocol: {result['protocol']}{warn}\nimages: {result['images']} "
+        f"({result['augmented']} augmented)   folds: {result['folds']}   seed: {result['seed']}"
+    )
+    rows = []
+    for name, part in result["parts"].items():
+        if name == "test":
+            rows.append(("test", "", part["tumor"], part["no_tumor"], part["total"]))
+            continue
+        for role in ("train", "val"):
+            p = part[role]
+            rows.append((name, role, p["tumor"], p["no_tumor"], p["total"]))
+    print(table(["part", "role", "tumor", "no_tumor", "total"], rows))
+    print(f"\nleakage: {result['leakage']} source groups in more than one part")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    overrides = {
+        "preprocess": {"image_size": args.image_size, "crop": args.crop},
+        "augment": {"enabled": not args.no_augment},
+    }
+    config = config_from_args(args, **overrides)
+    data_url = args.data_url
+    if data_url is None:
+        data_url = resolve(args.out).join("phantoms").url
+        if not resolve(data_url).exists():
+            write_phantom_dataset(data_url, seed=0)
+        if not args.json:
+            print(f"no DATA_URL given: using synthetic phantoms in {data_url}")
+    prepared = prepare(data_url, args.out, config)
+    meta = prepared.meta
+    result = {
+        "tensors_url": prepared.tensors_url,
+        "key": prepared.key,
+        "reused": prepared.reused,
+        "fingerprint": prepared.manifest.fingerprint,
+        "images": meta["n"],
+        "augmented": meta["augmented"],
+        "image_size": meta["image_size"],
+        "protocol": meta["protocol"],
+        "leaky": meta["leaky"],
+        "leakage": meta["leakage"],
+        "parts": meta["parts"],
+        "folds": config.folds,
+        "seed": config.seed,
+        "quarantined": len(prepared.manifest.summary()["quarantined"]),
+    }
+    if args.json:
+        print_json(result)
+        return 0
+    _print_split(result)
+    state = "reused" if prepared.reused else "built"
+    print(f"\ntensor cache {state}: {prepared.tensors_url}")
+    return 0

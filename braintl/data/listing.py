@@ -1,0 +1,119 @@
+"""Find the labelled images under a data URL: one sub-folder per label, searched recursively."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from braintl.errors import UserError
+from braintl.storage import Location, StorageError, resolve
+
+DEFAULT_LABEL_MAP: dict[str, str] = {"yes": "tumor", "no": "no_tumor"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff")
+# Files every OS and tool drops into folders; never images, never worth a quarantine line.
+IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+POSITIVE_LABEL = "tumor"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One file found under the data URL."""
+
+    url: str
+    relpath: str  # relative to the data root, e.g. "yes/Y1.jpg"
+    folder: str  # the label folder's name
+    label: str  # the label it maps to
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class Listing:
+    root: str
+    images: tuple[ImageRef, ...]
+    skipped: tuple[tuple[str, str], ...]  # (relpath, reason) for non-image files
+
+
+def label_index(label: str) -> int:
+    """Binary target: 1 for the positive (tumor) label, else 0."""
+    return int(label == POSITIVE_LABEL)
+
+
+def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listing:
+    """List image files in ``DATA_URL/<folder>/**`` and map each folder to its label.
+
+    Raises :class:`UserError` naming the fix when the URL is missing or empty, a label
+    folder is not in the label map, or fewer than two labels have images.
+    """
+    label_map = dict(DEFAULT_LABEL_MAP if label_map is None else label_map)
+    root = resolve(data_url)
+    folders = _label_folders(root)
+    unknown = sorted(set(folders) - set(label_map))
+    if unknown:
+        raise UserError(
+            f"{root.url}: folder(s) {', '.join(map(repr, unknown))} not in the label map "
+            f"{label_map}. Rename them, remove them, or pass a label map that names them "
+            "(--label-map folder=label,...)."
+        )
+    images: list[ImageRef] = []
+    skipped: list[tuple[str, str]] = []
+    for folder in sorted(folders):
+        for path, size, islink in _walk(root.join(folder)):
+            rel = posixpath.relpath(path, root.path)
+            name = posixpath.basename(path)
+            if name.lower() in IGNORED_NAMES or name.startswith("._"):
+                continue
+            if islink:
+                skipped.append((rel, "symbolic link, not followed (copy the file in instead)"))
+                continue
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append((rel, f"not an image extension ({', '.join(IMAGE_EXTENSIONS)})"))
+                continue
+            url = root.join(rel).url
+            images.append(ImageRef(url, rel, folder, label_map[folder], size))
+    labels = {ref.label for ref in images}
+    if len(labels) < 2:
+        found = ", ".join(sorted(labels)) or "none"
+        raise UserError(
+            f"{root.url}: images of fewer than two labels found (labels with images: {found}). "
+            f"Put images in at least two label folders: {', '.join(sorted(label_map))}."
+        )
+    return Listing(root.url, tuple(images), tuple(skipped))
+
+
+def _label_folders(root: Location) -> list[str]:
+    try:
+        if not root.fs.isdir(root.path):
+            what = "is a file, not a folder" if root.fs.exists(root.path) else "does not exist"
+            raise UserError(
+                f"{root.url} {what}. Point DATA_URL at a folder with one sub-folder per label "
+                "(e.g. yes/ and no/)."
+            )
+        entries = root.fs.ls(root.path, detail=True)
+    except UserError:
+        raise
+    except FileNotFoundError as exc:
+        raise UserError(f"{root.url} does not exist. Check DATA_URL.") from exc
+    except Exception as exc:  # noqa: BLE001 - every backend raises its own types
+        raise StorageError(
+            f"{root.url}: storage unreachable ({type(exc).__name__}: {exc}). Check that the "
+            "server is running, AWS_ENDPOINT_URL points at it and the credentials are set."
+        ) from exc
+    names = [posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory"]
+    folders = [f for f in names if not f.startswith(".")]
+    if not folders:
+        raise UserError(
+            f"{root.url} holds no label folders. Put the images in one sub-folder per label "
+            "(e.g. yes/ and no/)."
+        )
+    return folders
+
+
+def _walk(folder: Location) -> list[tuple[str, int, bool]]:
+    """(path, size, is a link) of every file below ``folder``, sorted.
+
+    Links are reported rather than read: one can point outside the data folder.
+    """
+    found = folder.fs.find(folder.path, detail=True, withdirs=False)
+    return sorted(
+        (path, int(info.get("size") or 0), bool(info.get("islink"))) for path, info in found.items()
+    )
