@@ -1,0 +1,76 @@
+"""``create_model``: a registered backbone, a head and starting weights, as one BrainTLModel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from braintl.errors import UserError
+from braintl.models import backbones  # noqa: F401  (registers the backbones)
+from braintl.models.heads import build_head
+from braintl.models.model import BrainTLModel
+from braintl.models.registry import Entry, get_entry
+from braintl.models.weights import WeightsError, load_state_dict, read_state_dict
+
+
+def _feature_shape(entry: Entry, image_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of the backbone's output, from a dry run on the meta device: no memory, no
+    arithmetic, so even VGG-16 at 224 px costs nothing."""
+    with torch.device("meta"):
+        probe = entry.build(False).eval()
+        try:
+            out = probe(torch.empty(1, 3, image_size, image_size))
+        except RuntimeError as exc:
+            raise UserError(
+                f"image_size {image_size} is too small for {entry.spec.name} "
+                f"({' '.join(str(exc).split())}); use a larger one"
+            ) from None
+    _, channels, height, width = out.shape
+    return channels, height, width
+
+
+def create_model(
+    name: str,
+    weights: str = "none",
+    head: str = "paper",
+    num_classes: int = 2,
+    head_units: int | None = None,
+    dropout: float | Sequence[float] | None = None,
+    image_size: int = 224,
+) -> BrainTLModel:
+    """Build backbone ``name`` (see :func:`list_models`) with classifier ``head``.
+
+    ``weights``: ``"imagenet"`` (torchvision's or timm's own weights API and cache; failure
+    raises :class:`WeightsError`, never falls back to random weights), ``"none"`` (random
+    initialisation), or any storage URL of a state dict of the whole model or of its backbone.
+    ``head_units``/``dropout`` default to the head's own (see ``braintl.models.heads``).
+    ``image_size`` fixes the input size the ``paper`` head's Flatten is built for.
+    ``num_classes`` must be 2: the model returns one tumor logit per image.
+    """
+    entry = get_entry(name)
+    if num_classes != 2:
+        raise UserError(
+            f"num_classes={num_classes}: braintl models are binary (tumor / no tumor); use 2"
+        )
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise UserError(f"image_size must be a positive integer, got {image_size!r}")
+    feature_shape = _feature_shape(entry, image_size)
+    head_module = build_head(head, feature_shape, head_units, dropout)
+    if weights == "imagenet" and entry.spec.pretrained is None:
+        raise WeightsError(
+            f"{name} has no ImageNet weights: use weights='none' or a URL of a saved state dict"
+        )
+    backbone = entry.build(weights == "imagenet")
+    config = {
+        "name": name,
+        "head": head,
+        "num_classes": num_classes,
+        "head_units": head_module.units,
+        "dropout": head_module.dropout,
+        "image_size": image_size,
+    }
+    model = BrainTLModel(entry.spec, backbone, head_module, config)
+    if weights not in ("imagenet", "none"):
+        load_state_dict(model, read_state_dict(weights), weights)
+    return model

@@ -1,0 +1,62 @@
+"""The model every part of braintl trains, caches and serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from braintl.models.heads import Head
+from braintl.models.spec import BackboneSpec
+
+
+class BrainTLModel(nn.Module):
+    """Backbone + head behind one contract: pixels in, one tumor logit per image out.
+
+    ``forward(x)`` takes a uint8 or float batch N×3×H×W with values in [0, 255] and returns
+    float logits of shape [N]. Normalisation happens inside (mean/std are non-persistent
+    buffers), so callers ship raw uint8 tensors to the device and never need to know which
+    backbone wants which statistics. ``features`` and ``forward_head`` split the model where a
+    frozen-backbone feature cache cuts it.
+
+    BatchNorm modules frozen by a strategy (see :func:`braintl.models.apply_strategy`) stay in
+    eval mode across ``train()``, so their running statistics cannot drift.
+    """
+
+    def __init__(self, spec: BackboneSpec, backbone: nn.Module, head: Head, config: dict[str, Any]):
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.head = head
+        self.config = config  # create_model's arguments bar weights: enough to rebuild the model
+        self.plan = None  # the StrategyPlan last applied
+        self.frozen_bn: tuple[str, ...] = ()
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images N×3×H×W, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            x = x.to(self.pixel_mean.dtype)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone feature map N×C×h×w of raw [0, 255] images."""
+        return self.backbone(self.normalize(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits [N] from a feature map, e.g. one read back from a feature cache."""
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.features(x))
+
+    def train(self, mode: bool = True) -> BrainTLModel:
+        super().train(mode)
+        for name in self.frozen_bn:
+            self.get_submodule(name).eval()
+        return self
