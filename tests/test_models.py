@@ -105,6 +105,13 @@ def test_uint8_and_float_pixels_agree_and_split_recomposes(name):
         torch.testing.assert_close(model.forward_head(model.features(x)), logits)
 
 
+def test_logits_stay_float32_under_autocast():
+    model = build("scratch_cnn").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.features(images()).dtype == torch.bfloat16
+        assert model(images()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_spec_blocks_partition_the_backbone(name):
     model = build(name)

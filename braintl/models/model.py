@@ -15,7 +15,7 @@ class BrainTLModel(nn.Module):
     """Backbone + head behind one contract: pixels in, one tumor logit per image out.
 
     ``forward(x)`` takes a uint8 or float batch N×3×H×W with values in [0, 255] and returns
-    float logits of shape [N]. Normalisation happens inside (mean/std are non-persistent
+    float32 logits of shape [N]. Normalisation happens inside (mean/std are non-persistent
     buffers), so callers ship raw uint8 tensors to the device and never need to know which
     backbone wants which statistics. ``features`` and ``forward_head`` split the model where a
     frozen-backbone feature cache cuts it.
@@ -49,8 +49,9 @@ class BrainTLModel(nn.Module):
         return self.backbone(self.normalize(x))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits [N] from a feature map, e.g. one read back from a feature cache."""
-        return self.head(features)
+        """Logits [N] from a feature map, e.g. one read back from a feature cache. Always
+        float32, also under bf16 autocast, so losses and probabilities keep their precision."""
+        return self.head(features).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.features(x))
