@@ -65,7 +65,7 @@ class BinaryMetrics:
         out["sensitivity"] = self.sensitivity
         out["per_class_accuracy"] = self.per_class_accuracy
         out["confusion_matrix"] = self.confusion_matrix
-        return _json_safe(out)
+        return json_safe(out)
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,12 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """``obj`` with NaN floats (undefined scores) replaced by ``None``, so it is strict JSON."""
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
