@@ -1,0 +1,94 @@
+"""Training configuration: one validated pydantic model, so the CLI, the Prefect form and the
+Ray Tune search space all check the same rules and name the same defaults (the seed's)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from braintl.errors import UserError
+from braintl.models import HEADS, STRATEGIES, list_models, list_strategies
+
+# Fields that may differ when a run resumes from a checkpoint: they do not change what was
+# learned so far (a longer budget, another machine).
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads"})
+
+
+class TrainConfig(BaseModel):
+    """How one model is trained. Defaults are the seed's: Adam, lr 1e-3, 18 epochs, batch 18."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: str = Field("scratch_cnn", description="registry name, see braintl.models")
+    strategy: str = Field("full", description="frozen, finetune, progressive or full")
+    weights: str = Field("none", description="imagenet, none, or a URL of a state dict")
+    head: str = "paper"
+    head_units: int | None = Field(None, ge=1, description="None: the head's default")
+    dropout: float | None = Field(None, ge=0, lt=1, description="None: the head's default")
+    epochs: int = Field(18, ge=1)
+    # BatchNorm in the heads needs at least two images to train on.
+    batch_size: int = Field(18, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_factor: float = Field(
+        0.1, gt=0, le=1, description="backbone lr = lr × this (finetune, progressive)"
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many epochs without a better validation AUC"
+    )
+    progressive_epochs_per_stage: int = Field(3, ge=1)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's")
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, value: str) -> str:
+        return _choice("backbone", value, list_models())
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        return _choice("strategy", value, STRATEGIES)
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, value: str) -> str:
+        return _choice("head", value, HEADS)
+
+    @model_validator(mode="after")
+    def _strategy_fits_backbone(self) -> TrainConfig:
+        allowed = list_strategies(self.backbone)
+        if self.strategy not in allowed:
+            raise ValueError(
+                f"strategy {self.strategy!r} does not apply to {self.backbone}: "
+                f"choose one of {', '.join(allowed)}"
+            )
+        return self
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}: choose auto, cpu, cuda or cuda:N")
+        return value
+
+    @classmethod
+    def from_user(cls, **values: Any) -> TrainConfig:
+        """Validate user input, raising a one-line :class:`UserError` that names every bad field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise UserError(f"invalid training configuration: {problems}") from None
+
+
+def _choice(what: str, value: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
+    return value

@@ -1,0 +1,109 @@
+"""Predictions and scores of a trained model on the validation and test parts of a TensorSet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from braintl.data.tensors import TensorSet
+from braintl.metrics import ThresholdedMetrics, evaluate_at_thresholds, youden_threshold
+from braintl.training.device import autocast, to_device
+
+EVAL_BATCH_SIZE = 64
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Tumor logits (float32, on the CPU) for uint8 N×3×H×W images; puts the model in eval mode."""
+    device = device or _model_device(model)
+    images = torch.as_tensor(images)
+    model.eval()
+    out = []
+    with autocast(device):
+        for start in range(0, len(images), batch_size):
+            out.append(model(to_device(images[start : start + batch_size], device)).float())
+    if not out:
+        return torch.empty(0)
+    return torch.cat(out).cpu()
+
+
+def predict_proba(
+    model: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Tumor probabilities for uint8 N×3×H×W images (the model normalises them itself)."""
+    return torch.sigmoid(predict_logits(model, images, batch_size, device)).numpy()
+
+
+@dataclass(frozen=True)
+class SplitEvaluation:
+    """Validation and test scores, both at 0.5 and at the Youden threshold of the validation set."""
+
+    threshold: float
+    val: ThresholdedMetrics
+    test: ThresholdedMetrics | None
+    val_idx: np.ndarray
+    val_prob: np.ndarray
+    test_idx: np.ndarray
+    test_prob: np.ndarray
+
+    def to_dict(self, include_predictions: bool = False) -> dict:
+        """Scores as JSON; with ``include_predictions`` also the per-image probabilities (by index
+        into the TensorSet), which paired comparisons between models and bootstraps need."""
+        out = {
+            "youden_threshold_from_val": self.threshold,
+            "val": self.val.to_dict(),
+            "test": self.test.to_dict() if self.test else None,
+        }
+        if include_predictions:
+            out["predictions"] = {
+                "val": {"index": self.val_idx.tolist(), "prob": self.val_prob.tolist()},
+                "test": {"index": self.test_idx.tolist(), "prob": self.test_prob.tolist()},
+            }
+        return out
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    tensors: TensorSet,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: torch.device | None = None,
+) -> SplitEvaluation:
+    """Score ``model`` on validation and test images (``test_idx`` defaults to the split's test
+    part; pass an empty array to skip it). The Youden threshold comes from validation only."""
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    test_idx = np.asarray(tensors.split.test if test_idx is None else test_idx, dtype=np.int64)
+    if len(val_idx) == 0:
+        raise ValueError("evaluate_split needs validation images to choose the threshold")
+    val_prob = predict_proba(model, tensors.images[val_idx], batch_size, device)
+    test_prob = predict_proba(model, tensors.images[test_idx], batch_size, device)
+    threshold = youden_threshold(tensors.labels[val_idx], val_prob)
+    test = (
+        evaluate_at_thresholds(tensors.labels[test_idx], test_prob, threshold)
+        if len(test_idx)
+        else None
+    )
+    return SplitEvaluation(
+        threshold=threshold,
+        val=evaluate_at_thresholds(tensors.labels[val_idx], val_prob, threshold),
+        test=test,
+        val_idx=val_idx,
+        val_prob=val_prob,
+        test_idx=test_idx,
+        test_prob=test_prob,
+    )
