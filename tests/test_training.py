@@ -233,6 +233,14 @@ def test_config_errors_are_one_line_and_name_choices():
     assert "epochs" in message and "device" in message
     with pytest.raises(UserError, match="(?i)extra inputs"):
         TrainConfig.from_user(learning_rate=0.1)
+    with pytest.raises(UserError, match="choose one of .*mobilenet_v2.*scratch_cnn"):
+        TrainConfig.from_user(backbone="alexnet")
+    with pytest.raises(
+        UserError, match="'finetune' does not apply to scratch_cnn: choose one of full"
+    ):
+        TrainConfig.from_user(backbone="scratch_cnn", strategy="finetune")
+    with pytest.raises(UserError, match="no ImageNet weights"):
+        TrainConfig.from_user(backbone="scratch_cnn", weights="imagenet")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from braintl.errors import UserError
 from braintl.models import HEADS, STRATEGIES, list_models, list_strategies
+from braintl.models.registry import get_entry
 
 # Fields that may differ when a run resumes from a checkpoint: they do not change what was
 # learned so far (a longer budget, another machine).
@@ -17,7 +18,8 @@ RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads"})
 
 
 class TrainConfig(BaseModel):
-    """How one model is trained. Defaults are the seed's: Adam, lr 1e-3, 18 epochs, batch 18."""
+    """How one model is trained. Optimisation defaults are the seed's (Adam, lr 1e-3, 18 epochs,
+    batch 18); the model defaults (scratch_cnn, full, no weights) need no download."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,12 +61,17 @@ class TrainConfig(BaseModel):
         return _choice("head", value, HEADS)
 
     @model_validator(mode="after")
-    def _strategy_fits_backbone(self) -> TrainConfig:
+    def _fits_backbone(self) -> TrainConfig:
+        """Catch combinations the backbone cannot take before any model is built."""
         allowed = list_strategies(self.backbone)
         if self.strategy not in allowed:
             raise ValueError(
                 f"strategy {self.strategy!r} does not apply to {self.backbone}: "
                 f"choose one of {', '.join(allowed)}"
+            )
+        if self.weights == "imagenet" and get_entry(self.backbone).spec.pretrained is None:
+            raise ValueError(
+                f"{self.backbone} has no ImageNet weights: use weights 'none' or a state-dict URL"
             )
         return self
 
@@ -81,10 +88,7 @@ class TrainConfig(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = "; ".join(_describe(err) for err in exc.errors())
             raise UserError(f"invalid training configuration: {problems}") from None
 
 
@@ -92,3 +96,10 @@ def _choice(what: str, value: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
     return value
+
+
+def _describe(error: dict) -> str:
+    """One pydantic error as ``field: message``, without pydantic's "Value error, " prefix."""
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    field = ".".join(map(str, error["loc"]))
+    return f"{field}: {message}" if field else message
