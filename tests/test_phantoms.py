@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import itertools
 
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.fft import dctn
 
+from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE, distance_matrix, perceptual_hash
 from braintl.data.phantoms import make_phantom, phantom_rng, write_phantom_dataset
 from braintl.data.preprocess import brain_crop_box
 
@@ -43,33 +42,16 @@ def test_tumor_is_a_bright_compact_blob_inside_the_head():
         assert y0 <= ys.min() and ys.max() < y1 and x0 <= xs.min() and xs.max() < x1
 
 
-def _dct_bits(grey: np.ndarray) -> np.ndarray:
-    small = Image.fromarray(grey).resize((64, 64), Image.Resampling.LANCZOS)
-    low = dctn(np.asarray(small, dtype=np.float64), norm="ortho")[:16, :16].ravel()
-    return low > np.median(low[1:])
-
-
 def test_phantoms_are_not_perceptual_duplicates_of_each_other():
-    """256-bit DCT hashes of the frame and of the head's box, as duplicate detection uses.
-
-    Near duplicates on the real set lie within 26 bits and the detector's default threshold is
-    40: different phantoms must stay well above it, including after cropping to the head.
-    """
+    """Different phantoms must stay well above the near-duplicate threshold."""
     phantoms = [
         make_phantom(phantom_rng(0, label, i), label == "yes", size=128)
         for label in ("yes", "no")
         for i in range(20)
     ]
-    frames = [_dct_bits(p[..., 0]) for p in phantoms]
-    boxes = []
-    for p in phantoms:
-        y0, y1, x0, x1 = brain_crop_box(p)
-        boxes.append(_dct_bits(np.ascontiguousarray(p[y0:y1, x0:x1, 0])))
-    closest = min(
-        min((frames[i] != frames[j]).sum(), (boxes[i] != boxes[j]).sum())
-        for i, j in itertools.combinations(range(len(phantoms)), 2)
-    )
-    assert closest > 48
+    dist = distance_matrix([perceptual_hash(p) for p in phantoms])
+    closest = dist[np.triu_indices(len(phantoms), 1)].min()
+    assert closest > DEFAULT_NEAR_DISTANCE + 4
 
 
 def test_written_dataset_is_real_pngs_and_deterministic(tmp_path):
@@ -95,7 +77,9 @@ def test_labels_draw_different_heads(tmp_path):
     write_phantom_dataset(tmp_path, {"yes": 1, "no": 1}, size=64)
     yes = np.asarray(Image.open(tmp_path / "yes" / "phantom_yes_0000.png"))
     no = np.asarray(Image.open(tmp_path / "no" / "phantom_no_0000.png"))
-    assert (_dct_bits(yes[..., 0]) != _dct_bits(no[..., 0])).sum() > 48
+    assert (
+        distance_matrix([perceptual_hash(yes), perceptual_hash(no)])[0, 1] > DEFAULT_NEAR_DISTANCE
+    )
 
 
 def test_jpeg_format_and_bad_arguments(tmp_path):

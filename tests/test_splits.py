@@ -78,7 +78,6 @@ def test_one_fold_is_the_seeds_70_15_15():
 
 
 def test_validation_drops_augmented_copies_and_their_groups_from_training():
-    labels = np.array([0, 1, 0, 1, 0, 1, 1, 0])
     groups = np.array([0, 1, 2, 3, 0, 1, 2, 3])  # images 4..7 are copies of 0..3
     augmented = np.array([False] * 4 + [True] * 4)
     split = Split(

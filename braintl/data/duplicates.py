@@ -7,8 +7,8 @@ distance. Any chain of such pairs is one source group: the unit that splits must
 Each image gets two perceptual hashes, of the whole frame and of the brain's bounding box,
 and a pair's distance is the smaller of the two: the frame hash catches re-encodes and
 resizes, the brain hash catches crops and re-framed copies. On the real set
-(../shared/data/brain_mri) every true copy lies within 26 bits, the first different scan at
-54 and the first pair of different labels at 62; the default threshold of 40 sits in that gap.
+(../shared/data/brain_mri) every true copy lies within 40 bits, the first different scan at
+54 and the first pair of different labels at 62; the default threshold of 46 sits in that gap.
 A 64-bit hash has no such gap there (different scans from 6 bits on).
 """
 
@@ -21,11 +21,11 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from braintl.data.brain import brain_bbox
+from braintl.data.preprocess import brain_crop_box
 
 HASH_SIZE = 16  # 16×16 DCT coefficients: a 256-bit hash
 HASH_BYTES = HASH_SIZE * HASH_SIZE // 8
-DEFAULT_NEAR_DISTANCE = 40
+DEFAULT_NEAR_DISTANCE = 46
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -38,7 +38,7 @@ def pixel_hash(rgb: np.ndarray) -> str:
 
 def perceptual_hash(rgb: np.ndarray) -> str:
     """Frame and brain-box DCT hashes, as one hex string of 2 × 256 bits."""
-    y0, y1, x0, x1 = brain_bbox(rgb)
+    y0, y1, x0, x1 = brain_crop_box(rgb)
     return (_dct_hash(rgb) + _dct_hash(rgb[y0:y1, x0:x1])).hex()
 
 
