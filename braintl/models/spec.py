@@ -51,4 +51,5 @@ class BackboneSpec:
         return self.blocks[-1]
 
     def block_names(self) -> tuple[str, ...]:
+        """Block names, input → output: what a progressive run reports as the stage reached."""
         return tuple(block.name for block in self.blocks)
