@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from braintl.commands import data
+from braintl.commands import data, train
 from braintl.errors import UserError
 
-COMMANDS = (data,)
+COMMANDS = (data, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from typing import TextIO
 
 from pydantic import ValidationError
 
@@ -27,14 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     inspect = cmds.add_parser("inspect", help="counts, quarantined files, duplicates, fingerprint")
     inspect.add_argument("data_url", metavar="DATA_URL")
-    _validation_args(inspect)
+    add_validation_args(inspect)
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=run_inspect)
 
     split = cmds.add_parser("split", help="part sizes per label and a leakage count")
     split.add_argument("data_url", metavar="DATA_URL")
-    _validation_args(split)
-    _split_args(split)
+    add_validation_args(split)
+    add_split_args(split)
     split.add_argument("--json", action="store_true", help="print one JSON object")
     split.set_defaults(handler=run_split)
 
@@ -46,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="labelled images; omitted: synthetic phantoms written under OUT_URL/phantoms",
     )
     prep.add_argument("--out", default=DEFAULT_OUT, metavar="OUT_URL", help="default: %(default)s")
-    _validation_args(prep)
-    _split_args(prep)
+    add_validation_args(prep)
+    add_split_args(prep)
     prep.add_argument("--image-size", type=int, default=224)
     prep.add_argument("--crop", action="store_true", help="crop to the brain before resizing")
     prep.add_argument("--no-augment", action="store_true", help="skip offline augmentation")
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.set_defaults(handler=run_prepare)
 
 
-def _validation_args(p: argparse.ArgumentParser) -> None:
+def add_validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--label-map",
         default="yes=tumor,no=no_tumor",
@@ -74,7 +76,7 @@ def _validation_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _split_args(p: argparse.ArgumentParser) -> None:
+def add_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="groups")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--test-fraction", type=float, default=0.15)
@@ -112,6 +114,18 @@ def _explain(exc: ValidationError) -> str:
         f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
     )
     return f"bad parameter value: {problems}"
+
+
+def data_or_phantoms(data_url: str | None, out_url: str, log: TextIO) -> str:
+    """The data URL given, or else seeded synthetic phantoms written once under OUT_URL."""
+    if data_url is not None:
+        return data_url
+    phantoms = resolve(out_url).join("phantoms")
+    if not phantoms.is_complete():
+        write_phantom_dataset(phantoms.url, seed=0)
+        phantoms.mark_complete({"seed": 0})
+    print(f"no data URL given: using synthetic phantoms in {phantoms.url}", file=log)
+    return phantoms.url
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -223,13 +237,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         "augment": {"enabled": not args.no_augment},
     }
     config = config_from_args(args, **overrides)
-    data_url = args.data_url
-    if data_url is None:
-        data_url = resolve(args.out).join("phantoms").url
-        if not resolve(data_url).exists():
-            write_phantom_dataset(data_url, seed=0)
-        if not args.json:
-            print(f"no DATA_URL given: using synthetic phantoms in {data_url}")
+    data_url = data_or_phantoms(args.data_url, args.out, sys.stderr if args.json else sys.stdout)
     prepared = prepare(data_url, args.out, config)
     meta = prepared.meta
     result = {

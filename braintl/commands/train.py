@@ -1,0 +1,163 @@
+"""``braintl train``: one model, one fold, from data to ``metrics.json`` and ``model.pt``."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import sys
+import time
+
+import torch
+
+from braintl import __version__
+from braintl.commands.data import (
+    DEFAULT_OUT,
+    add_split_args,
+    add_validation_args,
+    config_from_args,
+    data_or_phantoms,
+)
+from braintl.commands.output import print_json, table
+from braintl.data.prepare import prepare
+from braintl.data.tensors import TensorSet
+from braintl.errors import UserError
+from braintl.metrics import json_safe
+from braintl.models import HEADS, STRATEGIES, list_models
+from braintl.storage import resolve
+from braintl.training import TrainConfig, evaluate_split, train
+
+SCORES = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "brier", "ece")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train and score one model on one fold")
+    p.add_argument("--data", metavar="URL", help="labelled images; omitted: synthetic phantoms")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="URL", help="default: %(default)s")
+    p.add_argument("--cache", metavar="URL", help="where the tensor cache lives (default: --out)")
+    p.add_argument("--backbone", default="scratch_cnn", help=f"one of {', '.join(list_models())}")
+    p.add_argument("--strategy", default="full", help=f"one of {', '.join(STRATEGIES)}")
+    p.add_argument("--weights", default="none", help="imagenet, none, or a state-dict URL")
+    p.add_argument("--head", default="paper", help=f"one of {', '.join(HEADS)}")
+    p.add_argument("--head-units", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--epochs", type=int, default=18)
+    p.add_argument("--batch-size", type=int, default=18)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone-lr-factor", type=float, default=0.1)
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--crop", action="store_true", help="crop to the brain before resizing")
+    p.add_argument("--no-augment", action="store_true", help="skip offline augmentation")
+    add_split_args(p)
+    p.add_argument("--fold", type=int, default=0, help="validation fold (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--num-threads", type=int, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    add_validation_args(p)
+    p.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = TrainConfig.from_user(
+        backbone=args.backbone,
+        strategy=args.strategy,
+        weights=args.weights,
+        head=args.head,
+        head_units=args.head_units,
+        dropout=args.dropout,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        backbone_lr_factor=args.backbone_lr_factor,
+        early_stopping_patience=args.early_stopping,
+        seed=args.seed,
+        device=args.device,
+        num_threads=args.num_threads,
+    )
+    data_config = config_from_args(
+        args,
+        preprocess={"image_size": args.image_size, "crop": args.crop},
+        augment={"enabled": not args.no_augment},
+    )
+    if not 0 <= args.fold < args.folds:
+        raise UserError(f"--fold {args.fold}: choose 0..{args.folds - 1} (there are --folds)")
+    log = sys.stderr if args.json else sys.stdout
+    data_url = data_or_phantoms(args.data, args.out, log)
+    start = time.perf_counter()
+    prepared = prepare(data_url, args.cache or args.out, data_config)
+    tensors = TensorSet.load(prepared.tensors_url)
+    train_idx, val_idx = tensors.fold(args.fold)
+    data_seconds = time.perf_counter() - start
+    print(
+        f"data: {len(train_idx)} train / {len(val_idx)} val / {len(tensors.split.test)} test "
+        f"images at {tensors.images.shape[-1]} px ({prepared.tensors_url})",
+        file=log,
+    )
+    out = resolve(args.out)
+
+    def progress(record: dict) -> None:
+        auc = record["val_auc"]
+        print(
+            f"epoch {record['epoch']:>3}/{config.epochs}  stage {record['stage']}  "
+            f"loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
+            f"val AUC {auc if auc is None else f'{auc:.4f}'}  {record['seconds']:.1f}s",
+            file=log,
+            flush=True,
+        )
+
+    result = train(
+        tensors,
+        train_idx,
+        val_idx,
+        config,
+        callback=progress,
+        checkpoint_url=out.join("checkpoint.pt").url,
+    )
+    evaluation = evaluate_split(result.model, tensors, val_idx)
+    metrics = json_safe(
+        {
+            **result.to_dict(),
+            "evaluation": evaluation.to_dict(include_predictions=True),
+            "data": {
+                "url": data_url,
+                "tensors_url": prepared.tensors_url,
+                "fingerprint": prepared.manifest.fingerprint,
+                "config": data_config.model_dump(),
+                "fold": args.fold,
+                "protocol": tensors.split.protocol,
+                "leaky": tensors.split.leaky,
+                "sizes": {
+                    "train": len(train_idx),
+                    "val": len(val_idx),
+                    "test": len(tensors.split.test),
+                },
+            },
+            "timings": {"data_seconds": data_seconds, "train_seconds": result.seconds},
+            "versions": {
+                "braintl": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        }
+    )
+    buffer = io.BytesIO()
+    torch.save(result.model.state_dict(), buffer)
+    out.join("model.pt").write_bytes(buffer.getvalue())
+    out.join("metrics.json").write_json(metrics)
+    if args.json:
+        print_json(metrics | {"out": out.url})
+        return 0
+    rows = []
+    for part, scored in (("val", evaluation.val), ("test", evaluation.test)):
+        for name, m in (("0.5", scored.at_default), ("youden", scored.at_youden)):
+            values = m.to_dict()
+            rows.append((part, name, *(values[s] for s in SCORES)))
+    print()
+    print(table(["part", "threshold", *SCORES], rows))
+    print(
+        f"\nbest epoch {result.best_epoch} (val AUC {result.best_val_auc:.4f}), stopped by "
+        f"{result.stopped_by}, Youden threshold {evaluation.threshold:.3f} from validation"
+    )
+    print(f"written: {out.join('metrics.json').url}, {out.join('model.pt').url}")
+    return 0
