@@ -64,15 +64,26 @@ class Location:
 
     def write_bytes(self, data: bytes) -> None:
         """Write a whole object; a local file goes through a temporary name, never half-seen."""
-        parent = posixpath.dirname(self.path)
-        if self.protocol == "file":
-            self.fs.makedirs(parent, exist_ok=True)
-            tmp = f"{self.path}.tmp-{os.getpid()}"
+        if self.protocol != "file":
+            try:
+                _guard(self.url, self.fs.pipe_file, self.path, data)
+            except FileNotFoundError as exc:
+                raise StorageError(
+                    f"{self.url}: cannot write, the bucket does not exist ({exc}). Create it "
+                    "first or fix the output URL."
+                ) from exc
+            return
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            os.makedirs(posixpath.dirname(self.path), exist_ok=True)
             with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, self.path)
-        else:
-            _guard(self.url, self.fs.pipe_file, self.path, data)
+        except OSError as exc:
+            raise StorageError(
+                f"{self.url}: cannot write ({exc.strerror or exc}). Choose an output location "
+                "that is a writable folder, with free space."
+            ) from exc
 
     def read_json(self) -> Any:
         return json.loads(self.read_bytes())

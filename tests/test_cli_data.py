@@ -80,6 +80,7 @@ def _folder(root: Path, layout: dict[str, int]) -> Path:
         (["data", "inspect", "{good}", "--label-map", "yes"], "FOLDER=LABEL"),
         (["data", "prepare", "{good}", "--out", "{out}", "--image-size", "4"], "image-size"),
         (["data", "inspect", "s3://braintl-no-such-bucket/data"], "s3://braintl-no-such-bucket"),
+        (["data", "prepare", "{good}", "--out", "{a_file}/out"], "cannot write"),
     ],
 )
 def test_errors_are_one_line_with_a_fix(capsys, tmp_path, monkeypatch, args, expected):
@@ -95,7 +96,9 @@ def test_errors_are_one_line_with_a_fix(capsys, tmp_path, monkeypatch, args, exp
         "odd_folder": _folder(tmp_path / "odd", {"yes": 2, "no": 2, "scans": 1}),
         "good": _folder(tmp_path / "good", {"yes": 3, "no": 3}),
         "out": tmp_path / "out",
+        "a_file": tmp_path / "a_file",
     }
+    paths["a_file"].write_text("a file where a folder should be")
     argv = [a.format(**paths) for a in args]
     code, out, err = run(capsys, *argv)
     assert code == 2

@@ -8,7 +8,7 @@ import pytest
 from braintl.data.prepare import DataConfig, prepare
 from braintl.data.splits import leakage
 from braintl.data.tensors import TensorSet
-from braintl.storage import resolve
+from braintl.storage import StorageError, resolve
 
 SMALL = {"preprocess": {"image_size": 48}}
 
@@ -90,3 +90,8 @@ def test_prepare_to_real_s3_server(s3_bucket, phantom_dir, tmp_path):
     )
     assert np.array_equal(remote.images, local.images)
     assert remote.split.to_json() == local.split.to_json()
+
+
+def test_missing_bucket_is_a_clear_error(s3_server, phantom_dir):
+    with pytest.raises(StorageError, match="bucket does not exist"):
+        prepare(str(phantom_dir), "s3://braintl-missing-bucket/out", DataConfig(**SMALL))
