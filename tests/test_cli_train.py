@@ -73,3 +73,25 @@ def test_bad_arguments_one_line(tmp_path, capsys, args, expected):
     assert code == 2 and len(err) == 1 and expected in err[0]
     if "backbone" in expected or "strategy" in expected:
         assert "mobilenet_v2" in err[0] or "full" in err[0] or "frozen" in err[0]
+
+
+@pytest.mark.slow
+def test_scratch_cnn_learns_the_phantom_task(tmp_path):
+    """The seed's scratch CNN on the synthetic phantoms, through the real data pipeline.
+
+    With the pooled head: the Flatten head overfits 400 training images (test AUC 0.89 to 0.94
+    across seeds); the pooled one reaches 0.96 to 0.98 on seeds 0-2.
+    """
+    from braintl.data.phantoms import write_phantom_dataset
+    from braintl.data.prepare import DataConfig, prepare
+    from braintl.training import TrainConfig, evaluate_split, train
+
+    data = write_phantom_dataset(str(tmp_path / "phantoms"), {"yes": 300, "no": 300}, size=96)
+    config = DataConfig(preprocess={"image_size": 64}, augment={"enabled": False})
+    tensors = TensorSet.load(prepare(data, str(tmp_path / "out"), config).tensors_url)
+    train_idx, val_idx = tensors.fold(0)
+    settings = {"head": "gap", "epochs": 6, "batch_size": 32, "num_threads": 2}
+    result = train(tensors, train_idx, val_idx, TrainConfig(**settings))
+    scores = evaluate_split(result.model, tensors, val_idx)
+    assert len(tensors.split.test) >= 80
+    assert scores.test.at_default.auc > 0.9
