@@ -65,8 +65,8 @@ class Manifest:
         for i, r in enumerate(self.records):
             if r.group >= 0:
                 members[r.group].append(i)
-        exact_in = {g for i, _ in self.exact_pairs for g in [self.records[i].group]}
-        near_in = {g for i, _, _ in self.near_pairs for g in [self.records[i].group]}
+        exact_in = {self.records[i].group for i, _ in self.exact_pairs}
+        near_in = {self.records[i].group for i, _, _ in self.near_pairs}
         out = []
         for g, idx in sorted(members.items()):
             if len(idx) < 2:
