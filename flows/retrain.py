@@ -1,0 +1,256 @@
+"""The nightly retrain flow: data → tensors → Ray Tune sweep → cross-validation → results.
+
+Prefect decides what runs and in what order; Ray decides where the training runs. Tasks pass
+URLs and small records only. ``latest.json`` moves last, and only when every fold finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.states import Completed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from braintl.data.prepare import DataConfig
+from braintl.models.registry import get_entry
+from braintl.results import METRICS, to_markdown
+from braintl.storage import resolve
+from braintl.tuning import SweepConfig
+from tasks.data import data_source, prepare_data, snapshot
+from tasks.results import aggregate, publish_latest, read_latest, write_config, write_results
+from tasks.training import sweep, train_fold
+
+BACKBONES = ("mobilenet_v2", "vgg16", "resnet50", "xception", "scratch_cnn")
+STRATEGIES = ("frozen", "finetune")
+SCRATCH = "scratch_cnn"
+
+# Settings each profile presets; any field given explicitly wins (merged before validation).
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "weights": "none",
+        "image_size": 64,
+        "epochs": 3,
+        "batch_size": 16,
+        "folds": 3,
+        "augment": False,
+        "cpus_per_fold": 1.0,
+        "gpus_per_fold": 0.0,
+        "sweep": {"num_samples": 1, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
+    },
+    "paper": {
+        "weights": "imagenet",
+        "image_size": 224,
+        "epochs": 18,
+        "batch_size": 18,
+        "folds": 5,
+        "augment": True,
+        "cpus_per_fold": 2.0,
+        "gpus_per_fold": 0.25,
+        "sweep": {"cpus_per_trial": 2.0, "gpus_per_trial": 0.25},
+    },
+}
+# Fields that change where or whether a run happens, not what it computes.
+NOT_IN_RUN_KEY = {"data_url", "out_url", "ray_address", "force", "cpus_per_fold", "gpus_per_fold"}
+
+
+class RetrainParams(BaseModel):
+    """Everything a retrain run needs; the Prefect UI renders it as the run form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: Literal["quick", "paper"] = Field(
+        "quick", description="presets: quick (a CPU, minutes) or paper (the seed's, on GPUs)"
+    )
+    data_url: str | None = Field(None, description="labelled scans; None: synthetic phantoms")
+    out_url: str = Field("braintl-runs", description="runs, caches and latest.json go here")
+    protocol: Literal["groups", "paper"] = Field(
+        "groups", description="groups: leak-free split; paper: the seed's (leaky) protocol"
+    )
+    backbones: list[str] = Field(default_factory=lambda: list(BACKBONES))
+    strategies: list[str] = Field(
+        default_factory=lambda: list(STRATEGIES), description="scratch_cnn always trains full"
+    )
+    weights: str = Field("none", description="imagenet, none, or a state-dict URL")
+    image_size: int = Field(64, ge=16)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=2)
+    folds: int = Field(3, ge=2, le=20)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    augment: bool = Field(False, description="offline augmentation of training partitions")
+    seed: int = Field(0, ge=0)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    cpus_per_fold: float = Field(1.0, gt=0)
+    gpus_per_fold: float = Field(0.0, ge=0, description="fractions share a GPU")
+    ray_address: str | None = Field(None, description="None: local Ray; else e.g. ray://head:10001")
+    force: bool = Field(False, description="run even when data and configuration are unchanged")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = PROFILES[data.get("profile", "quick")]
+        given_sweep = data.get("sweep") or {}
+        if isinstance(given_sweep, SweepConfig):
+            given_sweep = given_sweep.model_dump(include=given_sweep.model_fields_set)
+        return {**preset, **data, "sweep": {**preset["sweep"], **given_sweep}}
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(backbone, strategy) pairs to train; the scratch CNN has no frozen part."""
+        pairs = []
+        for backbone in self.backbones:
+            strategies = ["full"] if backbone == SCRATCH else self.strategies
+            pairs += [(backbone, s) for s in strategies if (backbone, s) not in pairs]
+        return pairs
+
+    def sweep_groups(self) -> dict[str, list[tuple[str, str]]]:
+        """Pairs by the weights they start from: models without ImageNet weights start from
+        none, so the paper profile sweeps them apart from the pretrained ones."""
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for backbone, strategy in self.pairs():
+            pretrained = get_entry(backbone).spec.pretrained is not None
+            weights = self.weights if pretrained or self.weights != "imagenet" else "none"
+            groups.setdefault(weights, []).append((backbone, strategy))
+        return groups
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(
+            protocol=self.protocol,
+            folds=self.folds,
+            test_fraction=self.test_fraction,
+            seed=self.seed,
+            preprocess={"image_size": self.image_size},
+            augment={"enabled": self.augment},
+        )
+
+    def base_train_config(self, weights: str) -> dict:
+        return {
+            "weights": weights,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
+
+    def run_key(self, fingerprint: str) -> str:
+        """Same data and same settings → same key: the run would change nothing."""
+        settings = self.model_dump(mode="json", exclude=NOT_IN_RUN_KEY)
+        blob = json.dumps({"data": fingerprint, **settings}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def _table_rows(summary: dict) -> list[dict]:
+    rows = []
+    for model in summary["models"]:
+        row: dict[str, Any] = {"model": model["model"], "folds": len(model["folds"])}
+        for part in ("val", "test"):
+            for metric in METRICS:
+                s = model[part][metric]
+                row[f"{part}_{metric}"] = s["mean"]
+                row[f"{part}_{metric}_sd"] = s["sd"]
+        rows.append(row)
+    return rows
+
+
+@flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
+def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
+    """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
+    data_url = data_source(params.data_url, params.out_url)
+    prepared = prepare_data(data_url, params.out_url, params.data_config(), snapshot(data_url))
+    run_key = params.run_key(prepared["fingerprint"])
+    latest = read_latest(params.out_url)
+    if latest and latest.get("run_key") == run_key and not params.force:
+        message = f"data and configuration equal those of run {latest['run_id']}"
+        print(f"nothing changed: {message}; results in {latest['run_url']}")
+        return Completed(name="Nothing changed", message=message, data=latest)
+
+    run_id = new_run_id()
+    run = resolve(params.out_url).join("runs", run_id)
+    print(f"run {run_id}: {run.url}")
+    write_config(
+        run.url,
+        {
+            "run_id": run_id,
+            "run_key": run_key,
+            "params": params.model_dump(mode="json"),
+            "data": prepared,
+        },
+    )
+    tensors_url = prepared["tensors_url"]
+    best: dict[str, dict] = {}
+    for weights, pairs in params.sweep_groups().items():
+        name = {"imagenet": "pretrained", "none": "random-init"}.get(weights, "custom-weights")
+        swept = sweep.with_options(task_run_name=f"sweep-{name}", refresh_cache=params.force)(
+            tensors_url,
+            pairs,
+            params.base_train_config(weights),
+            params.sweep,
+            run.join("sweep").url,
+            name,
+            params.ray_address,
+        )
+        best |= swept["best"]
+
+    futures = []
+    for config in best.values():
+        name = f"{config['backbone']}-{config['strategy']}"
+        for fold in range(params.folds):
+            task = train_fold.with_options(
+                task_run_name=f"cv-{name}-fold-{fold}", refresh_cache=params.force
+            )
+            futures.append(
+                task.submit(
+                    tensors_url,
+                    config,
+                    fold,
+                    run.join("folds", name, f"fold-{fold}").url,
+                    params.cpus_per_fold,
+                    params.gpus_per_fold,
+                    params.ray_address,
+                )
+            )
+    progress = create_progress_artifact(
+        0.0, key="retrain-folds", description=f"cross-validation folds of run {run_id}"
+    )
+    records = []
+    for future in as_completed(futures):
+        records.append(future.result())
+        update_progress_artifact(progress, 100 * len(records) / len(futures))
+        print(f"folds done: {len(records)}/{len(futures)}")
+
+    summary = aggregate(records)
+    urls = write_results(run.url, summary)
+    create_table_artifact(
+        _table_rows(summary), key="retrain-results", description=f"run {run_id}, mean over folds"
+    )
+    create_markdown_artifact(
+        f"# Retrain run {run_id}\n\n{to_markdown(summary)}\nResults: `{run.url}`\n",
+        key="retrain-summary",
+        description="results table",
+    )
+    record = {
+        "run_id": run_id,
+        "run_key": run_key,
+        "run_url": run.url,
+        "fingerprint": prepared["fingerprint"],
+        "results": urls,
+        "finished": datetime.now(UTC).isoformat(),
+    }
+    publish_latest(params.out_url, record)
+    return record

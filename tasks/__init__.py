@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over the braintl library that add retries, caching and names."""

@@ -1,0 +1,57 @@
+"""Data stages: where the scans are, what they look like now, and the cached tensor build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from braintl.commands.data import data_or_phantoms
+from braintl.data.prepare import DataConfig, prepare
+from braintl.storage import resolve
+
+STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 4, 10]}
+
+
+@task(name="data-source", **STORAGE_RETRIES)
+def data_source(data_url: str | None, out_url: str) -> str:
+    """The data URL, or seeded synthetic phantoms written once under ``out_url``."""
+    return data_or_phantoms(data_url, out_url, sys.stdout)
+
+
+@task(name="snapshot", **STORAGE_RETRIES)
+def snapshot(data_url: str) -> str:
+    """A cheap signature of the files under ``data_url`` (names, sizes, modification stamps).
+
+    It is part of the prepare cache key, so changed data misses the cache.
+    """
+    root = resolve(data_url)
+    entries = root.fs.find(root.path, detail=True)
+    stamps = sorted(
+        (name, info.get("size"), str(info.get("mtime") or info.get("LastModified") or ""))
+        for name, info in entries.items()
+    )
+    return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
+
+
+@task(
+    name="prepare",
+    cache_policy=INPUTS + TASK_SOURCE,
+    persist_result=True,
+    **STORAGE_RETRIES,
+)
+def prepare_data(data_url: str, out_url: str, config: DataConfig, snapshot: str) -> dict:
+    """Decode, check, split, augment and cache tensors; returns a small record, no pixels."""
+    prepared = prepare(data_url, out_url, config)
+    meta = {k: v for k, v in prepared.meta.items() if k != "files"}
+    return {
+        "tensors_url": prepared.tensors_url,
+        "key": prepared.key,
+        "reused": prepared.reused,
+        "fingerprint": prepared.manifest.fingerprint,
+        "snapshot": snapshot,
+        "meta": meta,
+    }

@@ -1,0 +1,41 @@
+"""Result stages: the run's config, its results files, and the ``latest`` pointer."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from braintl import results
+from braintl.storage import resolve
+from tasks.data import STORAGE_RETRIES
+
+
+@task(name="read-latest", **STORAGE_RETRIES)
+def read_latest(out_url: str) -> dict | None:
+    """The record of the last completed run, or None."""
+    return results.read_latest(out_url)
+
+
+@task(name="write-config", **STORAGE_RETRIES)
+def write_config(run_url: str, config: dict) -> str:
+    """``config.json`` of a run: its parameters, data record and run key."""
+    target = resolve(run_url).join("config.json")
+    target.write_json(config)
+    return target.url
+
+
+@task(name="aggregate")
+def aggregate(records: list[dict]) -> dict:
+    """Mean ± sd over folds per (backbone, strategy)."""
+    return results.aggregate(records)
+
+
+@task(name="write-results", **STORAGE_RETRIES)
+def write_results(run_url: str, summary: dict) -> dict[str, str]:
+    """``results.json``, ``table.csv`` and ``table.md`` under the run."""
+    return results.write_results(run_url, summary)
+
+
+@task(name="publish-latest", **STORAGE_RETRIES)
+def publish_latest(out_url: str, record: dict) -> str:
+    """Move ``latest.json`` to this run; called last, only by a completed run."""
+    return results.publish_latest(out_url, record)

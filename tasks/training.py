@@ -1,0 +1,56 @@
+"""Training stages: the Ray Tune sweep and one cross-validation fold, both run on Ray.
+
+Both are cached by their inputs less where they write, so a rerun after a crash reuses the
+finished sweep and folds (their records keep pointing at the run that trained them);
+the flow refreshes them when forced.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from braintl import folds, tuning
+
+
+@task(
+    name="sweep",
+    cache_policy=INPUTS + TASK_SOURCE - "storage_url",
+    persist_result=True,
+)
+def sweep(
+    tensors_url: str,
+    pairs: list[tuple[str, str]],
+    base: dict,
+    config: tuning.SweepConfig,
+    storage_url: str,
+    name: str,
+    ray_address: str | None = None,
+) -> dict:
+    """One Ray Tune run (``storage_url/name``) over ``pairs``; its trials and best configs.
+
+    Trials validate on fold 0; cross-validation then scores the winners on every fold.
+    """
+    return tuning.run_sweep(
+        tensors_url, pairs, base, config, storage_url, name=name, fold=0, ray_address=ray_address
+    )
+
+
+@task(
+    name="cv-fold",
+    cache_policy=INPUTS + TASK_SOURCE - "out_url",
+    persist_result=True,
+)
+def train_fold(
+    tensors_url: str,
+    config: dict,
+    fold: int,
+    out_url: str,
+    num_cpus: float,
+    num_gpus: float,
+    ray_address: str | None = None,
+) -> dict:
+    """Train ``config`` with ``fold`` held out, as a Ray task; returns its scores record."""
+    return folds.train_fold_on_ray(
+        tensors_url, config, fold, out_url, num_cpus, num_gpus, ray_address=ray_address
+    )
