@@ -1,0 +1,90 @@
+"""One cross-validation fold: train, score on validation and the held-out test set, write.
+
+Everything goes through storage URLs, so the same call runs in-process, as a Ray task on a
+cluster worker (:func:`train_fold_on_ray`) or inside a Prefect task, and returns only a small
+JSON record; model and full metrics (with per-image predictions) stay in storage.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import ray
+import torch
+
+from braintl.data.tensors import TensorSet
+from braintl.metrics import json_safe
+from braintl.storage import resolve
+from braintl.training import TrainConfig, evaluate_split, train
+from braintl.tuning import ensure_ray, threads_for
+
+
+def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
+    """Train ``TrainConfig(**config)`` on fold ``fold`` and write model.pt and metrics.json.
+
+    A checkpoint under ``out_url`` is written every epoch, so a retried fold resumes where
+    the failed attempt stopped instead of starting over.
+    """
+    started = time.perf_counter()
+    out = resolve(out_url)
+    train_config = TrainConfig(**config)
+    tensors = TensorSet.load(tensors_url)
+    train_idx, val_idx = tensors.fold(fold)
+    result = train(
+        tensors, train_idx, val_idx, train_config, checkpoint_url=out.join("checkpoint.pt")
+    )
+    evaluation = evaluate_split(result.model, tensors, val_idx)
+    scores = evaluation.to_dict()
+    metrics = json_safe(
+        {
+            **result.to_dict(),
+            "fold": fold,
+            "tensors_url": tensors_url,
+            "sizes": {
+                "train": len(train_idx),
+                "val": len(val_idx),
+                "test": len(evaluation.test_idx),
+            },
+            "evaluation": evaluation.to_dict(include_predictions=True),
+        }
+    )
+    buffer = io.BytesIO()
+    torch.save(result.model.state_dict(), buffer)
+    model_loc, metrics_loc = out.join("model.pt"), out.join("metrics.json")
+    model_loc.write_bytes(buffer.getvalue())
+    metrics_loc.write_json(metrics)
+    return json_safe(
+        {
+            "backbone": train_config.backbone,
+            "strategy": train_config.strategy,
+            "fold": fold,
+            "config": train_config.model_dump(),
+            "val": scores["val"]["at_youden"],
+            "test": scores["test"]["at_youden"] if scores["test"] else None,
+            "threshold": evaluation.threshold,
+            "best_epoch": result.best_epoch,
+            "stopped_by": result.stopped_by,
+            "history": result.history,
+            "seconds": time.perf_counter() - started,
+            "metrics_url": metrics_loc.url,
+            "model_url": model_loc.url,
+        }
+    )
+
+
+def train_fold_on_ray(
+    tensors_url: str,
+    config: dict,
+    fold: int,
+    out_url: str,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    ray_address: str | None = None,
+) -> dict:
+    """:func:`train_fold` as a Ray task holding ``num_cpus``/``num_gpus`` (fractions allowed),
+    so Ray places it on a worker with those resources free; blocks until it finished."""
+    ensure_ray(ray_address)
+    config = {**config, "num_threads": config.get("num_threads") or threads_for(num_cpus)}
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(train_fold)
+    return ray.get(remote.remote(tensors_url, config, fold, out_url))

@@ -1,0 +1,125 @@
+"""Cross-validation records → one results document, its tables, and the ``latest`` pointer.
+
+A record is what :func:`braintl.folds.train_fold` returns: one model's scores on its validation
+fold and on the held-out test set (both at the Youden threshold chosen on validation). Per
+(backbone, strategy) the folds become mean ± sample sd; the test scores of the k fold models
+are summarised the same way, so the spread shows how much the result depends on the fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from typing import Any
+
+from braintl.metrics import json_safe
+from braintl.storage import resolve
+
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+PARTS = ("val", "test")
+LATEST = "latest.json"
+
+
+def _summary(values: list[Any]) -> dict:
+    """Mean and sample sd of the defined values (undefined scores arrive as None or NaN)."""
+    defined = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": statistics.fmean(defined) if defined else None,
+        "sd": statistics.stdev(defined) if len(defined) > 1 else None,
+        "n": len(defined),
+        "values": [None if v is None or not math.isfinite(v) else float(v) for v in values],
+    }
+
+
+def aggregate(records: list[dict]) -> dict:
+    """Per (backbone, strategy): mean ± sd over folds of the validation and test metrics.
+
+    Models are listed best first by mean validation AUC (the test set never ranks them).
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["backbone"], record["strategy"]), []).append(record)
+    models = []
+    for (backbone, strategy), group in groups.items():
+        group = sorted(group, key=lambda r: r["fold"])
+        model = {
+            "model": f"{backbone}/{strategy}",
+            "backbone": backbone,
+            "strategy": strategy,
+            "folds": [r["fold"] for r in group],
+        }
+        for part in PARTS:
+            model[part] = {
+                m: _summary([(r.get(part) or {}).get(m) for r in group]) for m in METRICS
+            }
+        models.append(model)
+    models.sort(key=lambda m: -(m["val"]["auc"]["mean"] or -math.inf))
+    return json_safe({"metrics": list(METRICS), "models": models})
+
+
+def _percent(summary: dict) -> str:
+    mean, sd = summary["mean"], summary["sd"]
+    if mean is None:
+        return "–"
+    return f"{mean * 100:.1f}" + ("" if sd is None else f" ± {sd * 100:.1f}")
+
+
+def to_csv(results: dict) -> str:
+    """One row per model; ``<part>_<metric>_mean`` and ``_sd`` columns, fractions in [0, 1],
+    empty (csv's None) where undefined: no defined value, or one value for an sd."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = [f"{p}_{m}_{s}" for p in PARTS for m in METRICS for s in ("mean", "sd")]
+    writer.writerow(["model", "backbone", "strategy", "folds", *columns])
+    for model in results["models"]:
+        cells = [model[p][m][s] for p in PARTS for m in METRICS for s in ("mean", "sd")]
+        writer.writerow(
+            [model["model"], model["backbone"], model["strategy"], len(model["folds"]), *cells]
+        )
+    return buffer.getvalue()
+
+
+def to_markdown(results: dict) -> str:
+    """Readable table in percent, mean ± sd, validation folds then the held-out test set."""
+    header = ["model", "folds"] + [f"{p} {m}" for p in PARTS for m in METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in results["models"]:
+        cells = [_percent(model[p][m]) for p in PARTS for m in METRICS]
+        lines.append(f"| {model['model']} | {len(model['folds'])} | " + " | ".join(cells) + " |")
+    note = "\nScores in %, mean ± sd over folds, at the Youden threshold chosen on validation.\n"
+    return "\n".join(lines) + "\n" + note
+
+
+def write_results(run_url: str, results: dict) -> dict[str, str]:
+    """Write results.json, table.csv and table.md under ``run_url``; returns name → URL."""
+    run = resolve(run_url)
+    files = {
+        "results.json": json.dumps(results, indent=2, sort_keys=True),
+        "table.csv": to_csv(results),
+        "table.md": to_markdown(results),
+    }
+    urls = {}
+    for name, text in files.items():
+        target = run.join(name)
+        target.write_bytes(text.encode())
+        urls[name] = target.url
+    return urls
+
+
+def publish_latest(out_url: str, record: dict) -> str:
+    """Point ``OUT/latest.json`` at a completed run. Call it last: readers trust what it names.
+
+    One whole-object write (a rename locally, a single PUT on S3), so it is never half-seen.
+    """
+    target = resolve(out_url).join(LATEST)
+    target.write_json(json_safe(record))
+    return target.url
+
+
+def read_latest(out_url: str) -> dict | None:
+    """The last completed run's record, or None when no run has completed yet."""
+    target = resolve(out_url).join(LATEST)
+    return target.read_json() if target.exists() else None

@@ -1,0 +1,265 @@
+"""The hyperparameter sweep: one Ray Tune run over (backbone, strategy) × hyperparameters.
+
+Search space: a grid over the (backbone, strategy) pairs, and for each pair ``num_samples``
+random draws of learning rate (log-uniform), dropout, head units and batch size — so every pair
+gets the same number of trials (``len(pairs) × num_samples`` in all) and none is crowded out by
+luck. An ASHA scheduler compares all trials on validation AUC, reported every epoch, and stops
+the weak ones early. A trial trains one fold of the tensor cache with the ordinary training
+loop; its per-epoch checkpoint lives in storage next to the sweep, so a restored sweep resumes
+interrupted trials where they stopped and never reruns finished ones.
+
+Storage is any braintl URL (local folder or ``s3://``); S3 reaches Tune through pyarrow's
+fsspec bridge with the same s3fs (and the same ``AWS_*`` environment) as the rest of braintl.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+
+import pyarrow.fs
+import ray
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from braintl.data.tensors import TensorSet
+from braintl.metrics import json_safe
+from braintl.storage import resolve
+from braintl.training import TrainConfig, train
+
+METRIC = "val_auc"
+HYPERPARAMETERS = ("lr", "dropout", "head_units", "batch_size")
+
+
+class SweepConfig(BaseModel):
+    """The search space, the early-stopping schedule and the resources of each trial."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_samples: int = Field(8, ge=1, description="random draws per (backbone, strategy) pair")
+    lr_min: float = Field(1e-4, gt=0, description="learning rate, log-uniform from here")
+    lr_max: float = Field(3e-3, gt=0, description="... to here")
+    dropout_choices: tuple[float, ...] = Field((0.1, 0.3), min_length=1)
+    head_units_choices: tuple[int, ...] = Field((64, 256), min_length=1)
+    batch_size_choices: tuple[int, ...] = Field((16, 32), min_length=1)
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = Field(2, gt=1, description="ASHA: 1/this of trials go on per rung")
+    max_concurrent_trials: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(None, gt=0, description="None: no limit")
+    cpus_per_trial: float = Field(1, gt=0, description="fractions allowed")
+    gpus_per_trial: float = Field(0, ge=0, description="fractions share one GPU between trials")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SweepConfig:
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"lr_min {self.lr_min} is above lr_max {self.lr_max}")
+        if not all(0 <= d < 1 for d in self.dropout_choices):
+            raise ValueError("dropout choices must lie in [0, 1)")
+        if min(self.head_units_choices) < 1:
+            raise ValueError("head units must be at least 1")
+        if min(self.batch_size_choices) < 2:
+            raise ValueError("batch sizes must be at least 2 (BatchNorm in the heads)")
+        return self
+
+    def param_space(self, pairs: list[tuple[str, str]]) -> dict:
+        return {
+            "model": tune.grid_search([f"{b}/{s}" for b, s in pairs]),
+            "lr": tune.loguniform(self.lr_min, self.lr_max),
+            "dropout": tune.choice(list(self.dropout_choices)),
+            "head_units": tune.choice(list(self.head_units_choices)),
+            "batch_size": tune.choice(list(self.batch_size_choices)),
+        }
+
+
+def threads_for(cpus: float) -> int:
+    """Torch threads for a task holding ``cpus`` Ray CPUs: more would oversubscribe the node."""
+    return max(1, math.floor(cpus))
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to the Ray cluster at ``address``, or start a small, quiet local Ray once."""
+    if ray.is_initialized():
+        return
+    options = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if not address:
+        options |= {"num_cpus": os.cpu_count(), "include_dashboard": False}
+    ray.init(address=address or None, ignore_reinit_error=True, **options)
+
+
+@functools.lru_cache(maxsize=2)
+def _tensors(url: str) -> TensorSet:
+    """One load per worker process, however many trials it runs."""
+    return TensorSet.load(url)
+
+
+def trial_config(base: dict, trial: dict) -> TrainConfig:
+    """The training configuration of one trial: ``base`` with the trial's choices on top."""
+    backbone, strategy = trial["model"].split("/")
+    chosen = {k: trial[k] for k in HYPERPARAMETERS}
+    return TrainConfig(**{**base, "backbone": backbone, "strategy": strategy, **chosen})
+
+
+def _trial(config: dict, tensors_url: str, fold: int, base: dict, checkpoints_url: str) -> None:
+    """Train one trial, reporting validation AUC and loss to Tune after every epoch."""
+    tensors = _tensors(tensors_url)
+    train_idx, val_idx = tensors.fold(fold)
+    checkpoint = resolve(checkpoints_url).join(f"{tune.get_context().get_trial_id()}.pt")
+
+    def report(record: dict) -> None:
+        tune.report(
+            {
+                "val_auc": record["val_auc"],
+                "val_loss": record["val_loss"],
+                "train_loss": record["train_loss"],
+                "epoch": record["epoch"],
+            }
+        )
+
+    train(
+        tensors,
+        train_idx,
+        val_idx,
+        trial_config(base, config),
+        callback=report,
+        checkpoint_url=checkpoint,
+    )
+
+
+def _storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """Tune's (storage_path, storage_filesystem) for a braintl storage URL."""
+    loc = resolve(url)
+    if loc.protocol == "file":
+        return loc.path, None
+    return loc.path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(loc.fs))
+
+
+def _short_error(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
+
+
+def _finite(value) -> float:
+    return float(value) if value is not None and math.isfinite(value) else -math.inf
+
+
+def run_sweep(
+    tensors_url: str,
+    pairs: list[tuple[str, str]],
+    base: dict,
+    sweep: SweepConfig,
+    storage_url: str,
+    name: str = "sweep",
+    fold: int = 0,
+    ray_address: str | None = None,
+) -> dict:
+    """Run (or resume) the sweep stored at ``storage_url/name``; returns a JSON-able summary.
+
+    ``base`` holds the TrainConfig fields common to all trials (epochs, weights, seed, ...).
+    The result lists every trial and, per ``backbone/strategy``, the full training
+    configuration of its best trial (highest validation AUC at any epoch; ties go to the
+    trial that trained longer). An experiment already at that path is restored, not
+    restarted: finished trials are kept, interrupted and errored ones resume.
+    """
+    pairs = [tuple(p) for p in pairs]
+    if not pairs:
+        raise ValueError("the sweep needs at least one (backbone, strategy) pair")
+    base = {"num_threads": threads_for(sweep.cpus_per_trial), **base}
+    for backbone, strategy in pairs:  # fail here, not in every trial
+        TrainConfig(**{**base, "backbone": backbone, "strategy": strategy})
+    defaults = TrainConfig(**base)
+    tensors_url = resolve(tensors_url).url  # trials run in their own working directories
+    storage = resolve(storage_url)
+    checkpoints_url = storage.join(f"{name}-trial-checkpoints").url
+    storage_path, filesystem = _storage(storage_url)
+    experiment_path = storage.join(name).path
+
+    ensure_ray(ray_address)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial, tensors_url=tensors_url, fold=fold, base=base, checkpoints_url=checkpoints_url
+        ),
+        {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial},
+    )
+    restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem)
+    if restored:
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable, resume_errored=True, storage_filesystem=filesystem
+        )
+    else:
+        scheduler = ASHAScheduler(
+            time_attr="epoch",  # not training_iteration: a resumed trial continues its epochs
+            metric=METRIC,
+            mode="max",
+            max_t=defaults.epochs,
+            grace_period=sweep.grace_period,
+            reduction_factor=sweep.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=sweep.param_space(pairs),
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler,
+                # Seeded draws: the same inputs give the same trials.
+                search_alg=BasicVariantGenerator(random_state=defaults.seed),
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=sweep.max_concurrent_trials,
+                time_budget_s=sweep.time_budget_s,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0
+            ),
+        )
+    grid = tuner.fit()
+    trials = sorted(
+        (_trial_record(result, base, defaults.epochs) for result in grid),
+        key=lambda t: (t["backbone"], t["strategy"], t["trial_id"]),
+    )
+    best: dict[str, tuple[tuple[float, int], dict]] = {}
+    for trial in trials:
+        key = f"{trial['backbone']}/{trial['strategy']}"
+        rank = (_finite(trial["best_val_auc"]), trial["epochs_run"])
+        if trial["epochs_run"] and (key not in best or rank > best[key][0]):
+            best[key] = (rank, trial["config"])
+    if not any(t["error"] for t in trials):  # nothing left to resume: drop the checkpoints
+        checkpoints = resolve(checkpoints_url)
+        if checkpoints.exists():
+            checkpoints.fs.rm(checkpoints.path, recursive=True)
+    return json_safe(
+        {
+            "experiment_url": storage.join(name).url,
+            "restored": restored,
+            "epochs": defaults.epochs,
+            "trials": [{k: v for k, v in t.items() if k != "config"} for t in trials],
+            "best": {key: config for key, (_, config) in sorted(best.items())},
+        }
+    )
+
+
+def _trial_record(result: tune.Result, base: dict, epochs: int) -> dict:
+    config = trial_config(base, result.config)
+    metrics = result.metrics or {}
+    frame = result.metrics_dataframe
+    reported = (
+        frame[METRIC].dropna().tolist() if frame is not None and METRIC in frame.columns else []
+    )
+    epochs_run = int(metrics.get("epoch") or 0)
+    error = _short_error(result.error)
+    return {
+        "trial_id": metrics.get("trial_id") or os.path.basename(result.path),
+        "backbone": config.backbone,
+        "strategy": config.strategy,
+        **{k: getattr(config, k) for k in HYPERPARAMETERS},
+        "val_auc": metrics.get(METRIC),
+        "best_val_auc": max(reported) if reported else None,
+        "epochs_run": epochs_run,
+        "reports": len(frame) if frame is not None else 0,
+        "stopped_early": error is None and epochs_run < epochs,
+        "error": error,
+        "config": config.model_dump(),
+    }
