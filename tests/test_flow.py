@@ -1,0 +1,131 @@
+"""The retrain flow end to end: a temporary Prefect server, real local Ray, a real S3 server."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from braintl import folds
+from braintl.cli import build_parser
+from braintl.commands.run import params_from_args
+from braintl.data.phantoms import write_phantom_dataset
+from braintl.storage import resolve
+from flows.retrain import RetrainParams, retrain
+
+CV_NAMES = {f"cv-{m}-fold-{k}" for m in ("scratch_cnn-full", "mobilenet_v2-frozen") for k in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A temporary Prefect server and database; results (the task cache) under a temp home."""
+    home = tmp_path_factory.mktemp("prefect")
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    with temporary_settings(settings), prefect_test_harness():
+        yield
+
+
+@pytest.fixture
+def fresh_ray(s3_bucket):
+    """Ray started by the flow after the S3 fixture, so its workers see the AWS variables."""
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def _task_runs(state) -> dict[str, str]:
+    """Task run name → state name, read back from the Prefect server; Prefect's generated
+    names (``prepare-3fa``) lose their random suffix."""
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=flow_run)
+    return {
+        run.name if run.name.startswith(("cv-", "sweep-")) else run.name.rsplit("-", 1)[0]: (
+            run.state.name
+        )
+        for run in runs
+    }
+
+
+def _artifact_keys(state) -> set[str]:
+    flow_run_id = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run_id))
+    return {a.key for a in artifacts}
+
+
+@pytest.mark.slow
+def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path, monkeypatch):
+    """A failing fold leaves latest.json alone; the rerun reuses the cached stages and
+    publishes; an unchanged rerun ends "Nothing changed"; force runs again."""
+    data = tmp_path / "data"
+    write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=32, seed=0)
+    params = RetrainParams(
+        data_url=str(data),
+        out_url=s3_bucket,
+        backbones=["scratch_cnn", "mobilenet_v2"],
+        strategies=["frozen"],
+        image_size=32,
+        epochs=2,
+        folds=2,
+        test_fraction=0.25,
+        sweep={"num_samples": 1},
+    )
+    latest = resolve(s3_bucket).join("latest.json")
+
+    real = folds.train_fold_on_ray
+
+    def flaky(tensors_url, config, fold, *args, **kwargs):
+        if config["backbone"] == "scratch_cnn" and fold == 1:
+            raise RuntimeError("injected fold failure")
+        return real(tensors_url, config, fold, *args, **kwargs)
+
+    monkeypatch.setattr(folds, "train_fold_on_ray", flaky)
+    failed = retrain(params, return_state=True)
+    assert failed.is_failed()
+    assert not latest.exists()
+    monkeypatch.setattr(folds, "train_fold_on_ray", real)
+
+    done = retrain(params, return_state=True)
+    assert done.is_completed() and done.name == "Completed"
+    record = done.result()
+    runs = _task_runs(done)
+    assert runs["prepare"] == runs["sweep-random-init"] == "Cached"
+    assert {name for name in runs if name.startswith("cv-")} == CV_NAMES
+    assert runs["cv-scratch_cnn-full-fold-1"] == "Completed"
+    assert {"retrain-results", "retrain-summary", "retrain-folds"} <= _artifact_keys(done)
+    assert latest.read_json()["run_id"] == record["run_id"]
+    run = resolve(record["run_url"])
+    assert run.join("config.json").exists()
+    assert run.join("results.json").read_json()["models"]
+    assert "scratch_cnn/full" in run.join("table.md").read_bytes().decode()
+
+    same = retrain(params, return_state=True)
+    assert same.is_completed() and same.name == "Nothing changed"
+    assert latest.read_json()["run_id"] == record["run_id"]
+
+    forced = retrain(params.model_copy(update={"force": True}), return_state=True)
+    assert forced.name == "Completed"
+    assert forced.result()["run_id"] != record["run_id"]
+    assert latest.read_json()["run_id"] == forced.result()["run_id"]
+    forced_runs = _task_runs(forced)
+    assert all(forced_runs[name] == "Completed" for name in CV_NAMES | {"sweep-random-init"})
+
+
+def test_run_options_override_the_profile():
+    args = build_parser().parse_args(["run", "--profile", "paper", "--epochs", "2"])
+    params = RetrainParams(**params_from_args(args))
+    assert (params.epochs, params.image_size, params.weights) == (2, 224, "imagenet")
+    assert params.sweep.gpus_per_trial == 0.25
+    quick = RetrainParams(**params_from_args(build_parser().parse_args(["run"])))
+    assert (quick.weights, quick.folds, quick.data_url) == ("none", 3, None)
+    assert quick.pairs()[-1] == ("scratch_cnn", "full") and len(quick.pairs()) == 9
+    assert RetrainParams(profile="paper").sweep_groups()["none"] == [("scratch_cnn", "full")]
