@@ -3,6 +3,10 @@ and resuming a finished sweep from its storage, locally and on a real S3-compati
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -124,3 +128,45 @@ def test_sweep_on_s3(local_ray, tensors_url, s3_bucket):
     assert experiment.fs.glob(f"{experiment.path}/experiment_state*.json")
     again = run_sweep(tensors_url, PAIRS, {**BASE, "epochs": 2}, sweep, storage, name="s3sweep")
     assert again["restored"] and again["trials"] == result["trials"]
+
+
+KILLED_SWEEP = """
+import sys
+from braintl.tuning import SweepConfig, run_sweep
+run_sweep(sys.argv[1], [("scratch_cnn", "full")], {"epochs": 3, "weights": "none"},
+          SweepConfig(num_samples=2), sys.argv[2])
+"""
+
+
+def test_interrupted_sweep_resumes_trials_from_their_checkpoints(local_ray, tensors_url, tmp_path):
+    """Kill a sweep's driver (and with it its Ray) mid-trial; the rerun restores the experiment
+    and the interrupted trials continue from their per-epoch checkpoints."""
+    storage = resolve(str(tmp_path / "storage"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SWEEP, tensors_url, storage.url],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        checkpoints = storage.fs.glob(f"{storage.path}/sweep-trial-checkpoints/*.pt")
+        state = storage.fs.glob(f"{storage.path}/sweep/experiment_state*.json")
+        if checkpoints and state:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoints and state, "the sweep did not checkpoint in time"
+    result = run_sweep(
+        tensors_url,
+        [("scratch_cnn", "full")],
+        {"epochs": 3, "weights": "none"},
+        SweepConfig(num_samples=2),
+        storage.url,
+    )
+    assert result["restored"]
+    assert [t["error"] for t in result["trials"]] == [None, None]
+    assert any(t["epochs_run"] == 3 for t in result["trials"])
+    # Only the epochs after the checkpoint were trained (and reported) again.
+    assert any(t["reports"] < t["epochs_run"] for t in result["trials"]), result["trials"]
