@@ -120,13 +120,13 @@ def test_sweep_config_rejects_bad_ranges():
 def test_sweep_on_s3(local_ray, tensors_url, s3_bucket):
     """Tune's experiment state and the trial checkpoints go to the bucket; a rerun restores."""
     storage = f"{s3_bucket}/runs/r1/sweep"
-    sweep = SweepConfig(num_samples=1, max_concurrent_trials=2)
-    result = run_sweep(tensors_url, PAIRS, {**BASE, "epochs": 2}, sweep, storage, name="s3sweep")
-    assert [t["error"] for t in result["trials"]] == [None, None]
+    pairs, sweep = PAIRS[:1], SweepConfig(num_samples=1)
+    result = run_sweep(tensors_url, pairs, {**BASE, "epochs": 2}, sweep, storage, name="s3sweep")
+    assert [(t["error"], t["epochs_run"]) for t in result["trials"]] == [(None, 2)]
     assert result["experiment_url"].startswith("s3://")
     experiment = resolve(result["experiment_url"])
     assert experiment.fs.glob(f"{experiment.path}/experiment_state*.json")
-    again = run_sweep(tensors_url, PAIRS, {**BASE, "epochs": 2}, sweep, storage, name="s3sweep")
+    again = run_sweep(tensors_url, pairs, {**BASE, "epochs": 2}, sweep, storage, name="s3sweep")
     assert again["restored"] and again["trials"] == result["trials"]
 
 
@@ -134,7 +134,7 @@ KILLED_SWEEP = """
 import sys
 from braintl.tuning import SweepConfig, run_sweep
 run_sweep(sys.argv[1], [("scratch_cnn", "full")], {"epochs": 3, "weights": "none"},
-          SweepConfig(num_samples=2), sys.argv[2])
+          SweepConfig(num_samples=1), sys.argv[2])
 """
 
 
@@ -162,11 +162,10 @@ def test_interrupted_sweep_resumes_trials_from_their_checkpoints(local_ray, tens
         tensors_url,
         [("scratch_cnn", "full")],
         {"epochs": 3, "weights": "none"},
-        SweepConfig(num_samples=2),
+        SweepConfig(num_samples=1),
         storage.url,
     )
     assert result["restored"]
-    assert [t["error"] for t in result["trials"]] == [None, None]
-    assert any(t["epochs_run"] == 3 for t in result["trials"])
-    # Only the epochs after the checkpoint were trained (and reported) again.
-    assert any(t["reports"] < t["epochs_run"] for t in result["trials"]), result["trials"]
+    [trial] = result["trials"]
+    assert (trial["error"], trial["epochs_run"]) == (None, 3)
+    assert trial["reports"] < 3, trial  # only the epochs after the checkpoint ran again
