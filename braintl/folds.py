@@ -24,7 +24,7 @@ def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
     """Train ``TrainConfig(**config)`` on fold ``fold`` and write model.pt and metrics.json.
 
     A checkpoint under ``out_url`` is written every epoch, so a retried fold resumes where
-    the failed attempt stopped instead of starting over.
+    the failed attempt stopped instead of starting over; it is removed once the results are in.
     """
     started = time.perf_counter()
     out = resolve(out_url)
@@ -54,6 +54,7 @@ def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
     model_loc, metrics_loc = out.join("model.pt"), out.join("metrics.json")
     model_loc.write_bytes(buffer.getvalue())
     metrics_loc.write_json(metrics)
+    out.fs.rm(out.join("checkpoint.pt").path)  # its job is done; it would double the storage
     return json_safe(
         {
             "backbone": train_config.backbone,
@@ -85,6 +86,6 @@ def train_fold_on_ray(
     """:func:`train_fold` as a Ray task holding ``num_cpus``/``num_gpus`` (fractions allowed),
     so Ray places it on a worker with those resources free; blocks until it finished."""
     ensure_ray(ray_address)
-    config = {**config, "num_threads": config.get("num_threads") or threads_for(num_cpus)}
+    config = {**config, "num_threads": threads_for(num_cpus)}  # this task's CPUs, not the sweep's
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(train_fold)
     return ray.get(remote.remote(tensors_url, config, fold, out_url))

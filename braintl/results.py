@@ -34,6 +34,10 @@ def _summary(values: list[Any]) -> dict:
     }
 
 
+def _or_inf(value: float | None) -> float:
+    return -math.inf if value is None else value
+
+
 def aggregate(records: list[dict]) -> dict:
     """Per (backbone, strategy): mean ± sd over folds of the validation and test metrics.
 
@@ -50,13 +54,14 @@ def aggregate(records: list[dict]) -> dict:
             "backbone": backbone,
             "strategy": strategy,
             "folds": [r["fold"] for r in group],
+            "config": group[0].get("config"),
         }
         for part in PARTS:
             model[part] = {
                 m: _summary([(r.get(part) or {}).get(m) for r in group]) for m in METRICS
             }
         models.append(model)
-    models.sort(key=lambda m: -(m["val"]["auc"]["mean"] or -math.inf))
+    models.sort(key=lambda m: -_or_inf(m["val"]["auc"]["mean"]))
     return json_safe({"metrics": list(METRICS), "models": models})
 
 

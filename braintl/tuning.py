@@ -66,6 +66,7 @@ class SweepConfig(BaseModel):
         return self
 
     def param_space(self, pairs: list[tuple[str, str]]) -> dict:
+        """Tune's search space: a grid over the pairs, random draws for the rest."""
         return {
             "model": tune.grid_search([f"{b}/{s}" for b, s in pairs]),
             "lr": tune.loguniform(self.lr_min, self.lr_max),

@@ -55,12 +55,14 @@ def test_train_fold_writes_model_and_metrics(tensors_url, tmp_path):
     assert len(metrics["evaluation"]["predictions"]["test"]["prob"]) == metrics["sizes"]["test"]
     state = torch.load(io.BytesIO(resolve(record["model_url"]).read_bytes()), weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert not resolve(out).join("checkpoint.pt").exists()  # removed once results are written
 
 
 def test_train_fold_on_ray(local_ray, tensors_url, tmp_path):
     record = train_fold_on_ray(tensors_url, CONFIG, 0, str(tmp_path / "fold-0"), num_cpus=1)
     _check_record(record, 0)
     assert resolve(record["metrics_url"]).exists()
+    assert record["config"]["num_threads"] == 1  # as many torch threads as Ray CPUs held
 
 
 def _record(backbone: str, fold: int, val: dict, test: dict) -> dict:
