@@ -171,9 +171,8 @@ def run_sweep(
     if not pairs:
         raise ValueError("the sweep needs at least one (backbone, strategy) pair")
     base = {"num_threads": threads_for(sweep.cpus_per_trial), **base}
-    for backbone, strategy in pairs:  # fail here, not in every trial
-        TrainConfig(**{**base, "backbone": backbone, "strategy": strategy})
-    defaults = TrainConfig(**base)
+    # Fail here, not in every trial; epochs and seed are the same for every pair.
+    defaults = [TrainConfig(**{**base, "backbone": b, "strategy": s}) for b, s in pairs][0]
     tensors_url = resolve(tensors_url).url  # trials run in their own working directories
     storage = resolve(storage_url)
     checkpoints_url = storage.join(f"{name}-trial-checkpoints").url

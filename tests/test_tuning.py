@@ -117,6 +117,18 @@ def test_sweep_config_rejects_bad_ranges():
         SweepConfig(unknown=1)
 
 
+def test_sweep_checks_every_pair_before_starting(tmp_path):
+    with pytest.raises(ValidationError, match="scratch_cnn has no ImageNet weights"):
+        run_sweep(
+            str(tmp_path / "tensors"),
+            [("vgg16", "frozen"), ("scratch_cnn", "full")],
+            {"weights": "imagenet"},
+            SweepConfig(),
+            str(tmp_path / "sweep"),
+        )
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_sweep_on_s3(local_ray, tensors_url, s3_bucket):
     """Tune's experiment state and the trial checkpoints go to the bucket; a rerun restores."""
     storage = f"{s3_bucket}/runs/r1/sweep"
