@@ -164,8 +164,11 @@ def run_sweep(
     ``base`` holds the TrainConfig fields common to all trials (epochs, weights, seed, ...).
     The result lists every trial and, per ``backbone/strategy``, the full training
     configuration of its best trial (highest validation AUC at any epoch; ties go to the
-    trial that trained longer). An experiment already at that path is restored, not
-    restarted: finished trials are kept, interrupted and errored ones resume.
+    trial that trained longer). A trial's ``stopped_early`` means it ended before the epoch
+    budget without an error: ASHA stopped it (or the time budget, or the loop's own early
+    stopping where ``base`` asks for it). An experiment already at that path is restored, not
+    restarted: finished trials are kept, interrupted and errored ones resume from their
+    checkpoints (``best_val_auc`` then covers the epochs reported since the resume).
     """
     pairs = [tuple(p) for p in pairs]
     if not pairs:
