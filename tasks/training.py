@@ -29,11 +29,17 @@ def sweep(
 ) -> dict:
     """One Ray Tune run (``storage_url/name``) over ``pairs``; its trials and best configs.
 
-    Trials validate on fold 0; cross-validation then scores the winners on every fold.
+    Trials validate on fold 0; cross-validation then scores the winners on every fold. Fails
+    (so nothing is cached) when some pair has no trial that trained.
     """
-    return tuning.run_sweep(
+    result = tuning.run_sweep(
         tensors_url, pairs, base, config, storage_url, name=name, fold=0, ray_address=ray_address
     )
+    missing = [f"{b}/{s}" for b, s in pairs if f"{b}/{s}" not in result["best"]]
+    if missing:
+        errors = sorted({t["error"] for t in result["trials"] if t["error"]})
+        raise RuntimeError(f"sweep {name}: no trial of {', '.join(missing)} trained: {errors}")
+    return result
 
 
 @task(
