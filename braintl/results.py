@@ -111,7 +111,26 @@ def write_results(run_url: str, results: dict) -> dict[str, str]:
         target = run.join(name)
         target.write_bytes(text.encode())
         urls[name] = target.url
+    run.mark_complete({"files": sorted(urls)})
     return urls
+
+
+def unfinished_run(out_url: str, run_key: str) -> str | None:
+    """The newest run of this run key that never completed, so a rerun after a crash resumes
+    it (its sweep restores from ``runs/<id>/sweep/``) instead of starting a new run."""
+    runs = resolve(out_url).join("runs")
+    if not runs.exists():
+        return None
+    for path in sorted(runs.fs.ls(runs.path, detail=False), reverse=True):
+        run = runs.join(path.rstrip("/").rsplit("/", 1)[-1])
+        config = run.join("config.json")
+        if (
+            not run.is_complete()
+            and config.exists()
+            and config.read_json().get("run_key") == run_key
+        ):
+            return path.rstrip("/").rsplit("/", 1)[-1]
+    return None
 
 
 def publish_latest(out_url: str, record: dict) -> str:

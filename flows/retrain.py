@@ -30,7 +30,14 @@ from braintl.results import METRICS, to_markdown
 from braintl.storage import resolve
 from braintl.tuning import SweepConfig
 from tasks.data import data_source, prepare_data, snapshot
-from tasks.results import aggregate, publish_latest, read_latest, write_config, write_results
+from tasks.results import (
+    aggregate,
+    publish_latest,
+    read_latest,
+    unfinished_run,
+    write_config,
+    write_results,
+)
 from tasks.training import sweep, train_fold
 
 BACKBONES = ("mobilenet_v2", "vgg16", "resnet50", "xception", "scratch_cnn")
@@ -180,9 +187,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         print(f"nothing changed: {message}; results in {latest['run_url']}")
         return Completed(name="Nothing changed", message=message, data=latest)
 
-    run_id = new_run_id()
+    resumed = unfinished_run(params.out_url, run_key)
+    run_id = resumed or new_run_id()
     run = resolve(params.out_url).join("runs", run_id)
-    print(f"run {run_id}: {run.url}")
+    print(f"{'resuming interrupted' if resumed else 'new'} run {run_id}: {run.url}")
     write_config(
         run.url,
         {

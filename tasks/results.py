@@ -15,6 +15,12 @@ def read_latest(out_url: str) -> dict | None:
     return results.read_latest(out_url)
 
 
+@task(name="unfinished-run", **STORAGE_RETRIES)
+def unfinished_run(out_url: str, run_key: str) -> str | None:
+    """An interrupted run of the same data and settings, to resume rather than restart."""
+    return results.unfinished_run(out_url, run_key)
+
+
 @task(name="write-config", **STORAGE_RETRIES)
 def write_config(run_url: str, config: dict) -> str:
     """``config.json`` of a run: its parameters, data record and run key."""

@@ -15,7 +15,14 @@ import torch
 from braintl.data.phantoms import write_phantom_dataset
 from braintl.data.prepare import DataConfig, prepare
 from braintl.folds import train_fold, train_fold_on_ray
-from braintl.results import METRICS, aggregate, publish_latest, read_latest, write_results
+from braintl.results import (
+    METRICS,
+    aggregate,
+    publish_latest,
+    read_latest,
+    unfinished_run,
+    write_results,
+)
 from braintl.storage import resolve
 
 CONFIG = {"backbone": "scratch_cnn", "strategy": "full", "epochs": 2, "batch_size": 8}
@@ -113,6 +120,20 @@ def test_write_results_files(tmp_path):
     assert rows[0]["test_f1_sd"] == ""  # one defined value: no sd
     markdown = resolve(urls["table.md"]).read_bytes().decode()
     assert "| vgg16/frozen | 2 | 85.0 ± 7.1 |" in markdown
+
+
+def test_unfinished_run_is_found_until_its_results_are_written(tmp_path):
+    out = tmp_path / "out"
+    runs = resolve(str(out)).join("runs")
+    assert unfinished_run(str(out), "key-a") is None
+    runs.join("20260101T000000Z-aaaaaa", "config.json").write_json({"run_key": "key-a"})
+    runs.join("20260102T000000Z-bbbbbb", "config.json").write_json({"run_key": "key-b"})
+    assert unfinished_run(str(out), "key-a") == "20260101T000000Z-aaaaaa"
+    assert unfinished_run(str(out), "key-c") is None
+    write_results(
+        runs.join("20260101T000000Z-aaaaaa").url, aggregate([_record("vgg16", 0, {}, {})])
+    )
+    assert unfinished_run(str(out), "key-a") is None  # completed: a rerun starts a new run
 
 
 def test_publish_and_read_latest(tmp_path):
