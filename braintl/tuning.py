@@ -208,10 +208,12 @@ def run_sweep(
             param_space=sweep.param_space(pairs),
             tune_config=tune.TuneConfig(
                 scheduler=scheduler,
-                # Seeded draws: the same inputs give the same trials.
-                search_alg=BasicVariantGenerator(random_state=defaults.seed),
+                # Seeded draws: the same inputs give the same trials. The concurrency limit
+                # goes here: Tune ignores max_concurrent_trials for a generator like this one.
+                search_alg=BasicVariantGenerator(
+                    random_state=defaults.seed, max_concurrent=sweep.max_concurrent_trials
+                ),
                 num_samples=sweep.num_samples,
-                max_concurrent_trials=sweep.max_concurrent_trials,
                 time_budget_s=sweep.time_budget_s,
             ),
             run_config=tune.RunConfig(
