@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import pyarrow.fs
 import ray
@@ -149,6 +150,23 @@ def _finite(value) -> float:
     return float(value) if value is not None and math.isfinite(value) else -math.inf
 
 
+class _TrialsEnded(tune.Callback):
+    """Counts ended trials for ``run_sweep``'s ``on_trial_end``."""
+
+    def __init__(self, total: int, notify: Callable[[int, int], None]):
+        self.total, self.ended, self.notify = total, 0, notify
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._count()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._count()
+
+    def _count(self) -> None:
+        self.ended += 1
+        self.notify(self.ended, self.total)
+
+
 def run_sweep(
     tensors_url: str,
     pairs: list[tuple[str, str]],
@@ -158,8 +176,12 @@ def run_sweep(
     name: str = "sweep",
     fold: int = 0,
     ray_address: str | None = None,
+    on_trial_end: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Run (or resume) the sweep stored at ``storage_url/name``; returns a JSON-able summary.
+
+    ``on_trial_end(ended, total)`` is called in this process each time a trial of a new sweep
+    ends (finished, stopped by ASHA or failed), so an orchestrator can show progress.
 
     ``base`` holds the TrainConfig fields common to all trials (epochs, weights, seed, ...).
     The result lists every trial and, per ``backbone/strategy``, the full training
@@ -217,7 +239,13 @@ def run_sweep(
                 time_budget_s=sweep.time_budget_s,
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
+                verbose=0,
+                callbacks=[_TrialsEnded(len(pairs) * sweep.num_samples, on_trial_end)]
+                if on_trial_end
+                else None,
             ),
         )
     grid = tuner.fit()

@@ -8,6 +8,7 @@ the flow refreshes them when forced.
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from braintl import folds, tuning
@@ -32,8 +33,19 @@ def sweep(
     Trials validate on fold 0; cross-validation then scores the winners on every fold. Fails
     (so nothing is cached) when some pair has no trial that trained.
     """
+    progress = create_progress_artifact(
+        0.0, key=f"sweep-{name}", description=f"sweep {name}: trials ended"
+    )
     result = tuning.run_sweep(
-        tensors_url, pairs, base, config, storage_url, name=name, fold=0, ray_address=ray_address
+        tensors_url,
+        pairs,
+        base,
+        config,
+        storage_url,
+        name=name,
+        fold=0,
+        ray_address=ray_address,
+        on_trial_end=lambda ended, total: update_progress_artifact(progress, 100 * ended / total),
     )
     missing = [f"{b}/{s}" for b, s in pairs if f"{b}/{s}" not in result["best"]]
     if missing:

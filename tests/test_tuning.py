@@ -43,7 +43,17 @@ def tensors_url(tmp_path_factory) -> str:
 def sweep_result(local_ray, tensors_url, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("sweep"))
     started = time.perf_counter()
-    result = run_sweep(tensors_url, PAIRS, BASE, SWEEP, storage, name="sweep")
+    ended = []
+    result = run_sweep(
+        tensors_url,
+        PAIRS,
+        BASE,
+        SWEEP,
+        storage,
+        name="sweep",
+        on_trial_end=lambda n, total: ended.append((n, total)),
+    )
+    result["ended_calls"] = ended
     return storage, result, time.perf_counter() - started
 
 
@@ -61,6 +71,8 @@ def test_sweep_reports_every_epoch_and_asha_stops_some(sweep_result):
         assert trial["batch_size"] in (16, 32)
     assert any(t["stopped_early"] for t in trials), trials
     assert any(t["epochs_run"] == BASE["epochs"] for t in trials)
+    total = len(trials)  # progress: one call per ended trial, ASHA-stopped ones included
+    assert result["ended_calls"] == [(n, total) for n in range(1, total + 1)]
 
 
 def test_sweep_best_per_pair_is_a_full_training_config(sweep_result):
