@@ -44,6 +44,18 @@ def phantom_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tensors_url(tmp_path_factory) -> str:
+    """A small prepared tensor cache: 48 phantoms at 32 px, 3 folds, no augmentation."""
+    from braintl.data.phantoms import write_phantom_dataset
+    from braintl.data.prepare import DataConfig, prepare
+
+    root = tmp_path_factory.mktemp("tensors")
+    data = write_phantom_dataset(str(root / "data"), {"yes": 24, "no": 24}, size=64)
+    config = DataConfig(preprocess={"image_size": 32}, augment={"enabled": False}, folds=3)
+    return prepare(data, str(root / "out"), config).tensors_url
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,8 +12,6 @@ import pytest
 import ray
 import torch
 
-from braintl.data.phantoms import write_phantom_dataset
-from braintl.data.prepare import DataConfig, prepare
 from braintl.folds import train_fold, train_fold_on_ray
 from braintl.results import (
     METRICS,
@@ -26,14 +24,6 @@ from braintl.results import (
 from braintl.storage import resolve
 
 CONFIG = {"backbone": "scratch_cnn", "strategy": "full", "epochs": 2, "batch_size": 8}
-
-
-@pytest.fixture(scope="module")
-def tensors_url(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("folds")
-    data = write_phantom_dataset(str(root / "data"), {"yes": 24, "no": 24}, size=64)
-    config = DataConfig(preprocess={"image_size": 32}, augment={"enabled": False}, folds=3)
-    return prepare(data, str(root / "out"), config).tensors_url
 
 
 @pytest.fixture(scope="module")

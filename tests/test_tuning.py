@@ -13,8 +13,6 @@ import pytest
 import ray
 from pydantic import ValidationError
 
-from braintl.data.phantoms import write_phantom_dataset
-from braintl.data.prepare import DataConfig, prepare
 from braintl.storage import resolve
 from braintl.tuning import SweepConfig, run_sweep, trial_config
 
@@ -29,14 +27,6 @@ def local_ray(s3_server):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tensors_url(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("tuning")
-    data = write_phantom_dataset(str(root / "data"), {"yes": 24, "no": 24}, size=64)
-    config = DataConfig(preprocess={"image_size": 32}, augment={"enabled": False}, folds=3)
-    return prepare(data, str(root / "out"), config).tensors_url
 
 
 @pytest.fixture(scope="module")
