@@ -21,6 +21,18 @@ from braintl.storage import resolve
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 PARTS = ("val", "test")
 LATEST = "latest.json"
+# What results.json keeps of each fold's record: where its model and predictions are, and how
+# its training went (the report draws learning curves from the history).
+FOLD_FIELDS = (
+    "fold",
+    "model_url",
+    "metrics_url",
+    "threshold",
+    "best_epoch",
+    "stopped_by",
+    "seconds",
+    "history",
+)
 
 
 def _summary(values: list[Any]) -> dict:
@@ -55,6 +67,7 @@ def aggregate(records: list[dict]) -> dict:
             "strategy": strategy,
             "folds": [r["fold"] for r in group],
             "config": group[0].get("config"),
+            "runs": [{k: r.get(k) for k in FOLD_FIELDS} for r in group],
         }
         for part in PARTS:
             model[part] = {
@@ -98,8 +111,25 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n" + note
 
 
+def best_model(results: dict) -> dict:
+    """The model a run stands behind: the best (backbone, strategy) by mean validation AUC, and
+    of its fold models the one with the highest validation AUC (ties: the lowest fold).
+
+    Returns the model's summary row with ``fold`` set to that fold's record from ``runs``.
+    """
+    if not results["models"]:
+        raise ValueError("no model in the results: nothing trained")
+    model = results["models"][0]
+    val_auc = dict(zip(model["folds"], model["val"]["auc"]["values"], strict=True))
+    fold = max(model["runs"], key=lambda r: (_or_inf(val_auc.get(r["fold"])), -r["fold"]))
+    return {**model, "fold": fold}
+
+
 def write_results(run_url: str, results: dict) -> dict[str, str]:
-    """Write results.json, table.csv and table.md under ``run_url``; returns name → URL."""
+    """Write results.json, table.csv and table.md under ``run_url``; returns name → URL.
+
+    The run is not complete yet: its report and model follow, then :func:`complete_run`.
+    """
     run = resolve(run_url)
     files = {
         "results.json": json.dumps(results, indent=2, sort_keys=True),
@@ -111,8 +141,13 @@ def write_results(run_url: str, results: dict) -> dict[str, str]:
         target = run.join(name)
         target.write_bytes(text.encode())
         urls[name] = target.url
-    run.mark_complete({"files": sorted(urls)})
     return urls
+
+
+def complete_run(run_url: str, record: dict) -> None:
+    """Mark a run complete once everything it writes is written; readers (``latest.json``,
+    resumption, the report's protocol comparison) trust only complete runs."""
+    resolve(run_url).mark_complete(json_safe(record))
 
 
 def unfinished_run(out_url: str, run_key: str) -> str | None:

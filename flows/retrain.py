@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -27,16 +28,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from braintl.data.prepare import DataConfig
 from braintl.models.registry import get_entry
 from braintl.results import METRICS, to_markdown
+from braintl.runinfo import environment
 from braintl.storage import resolve
 from braintl.tuning import SweepConfig
 from tasks.data import data_source, prepare_data, snapshot
 from tasks.results import (
     aggregate,
+    complete_run,
     publish_latest,
     read_latest,
     unfinished_run,
-    write_config,
     write_results,
+    write_run_file,
 )
 from tasks.training import sweep, train_fold
 
@@ -178,8 +181,18 @@ def _table_rows(summary: dict) -> list[dict]:
 @flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
     """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
+    started = datetime.now(UTC).isoformat()
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        stages[stage] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
     data_url = data_source(params.data_url, params.out_url)
     prepared = prepare_data(data_url, params.out_url, params.data_config(), snapshot(data_url))
+    lap("prepare")
     run_key = params.run_key(prepared["fingerprint"])
     latest = read_latest(params.out_url)
     if latest and latest.get("run_key") == run_key and not params.force:
@@ -191,8 +204,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     run_id = resumed or new_run_id()
     run = resolve(params.out_url).join("runs", run_id)
     print(f"{'resuming interrupted' if resumed else 'new'} run {run_id}: {run.url}")
-    write_config(
+    write_run_file(
         run.url,
+        "config.json",
         {
             "run_id": run_id,
             "run_key": run_key,
@@ -202,6 +216,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     )
     tensors_url = prepared["tensors_url"]
     best: dict[str, dict] = {}
+    sweeps: dict[str, dict] = {}
     for weights, pairs in params.sweep_groups().items():
         name = {"imagenet": "pretrained", "none": "random-init"}.get(weights, "custom-weights")
         swept = sweep.with_options(task_run_name=f"sweep-{name}", refresh_cache=params.force)(
@@ -214,6 +229,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
             params.ray_address,
         )
         best |= swept["best"]
+        sweeps[name] = swept
+        lap(f"sweep-{name}")
+    write_run_file(run.url, "sweep.json", sweeps)
 
     futures = []
     for config in best.values():
@@ -241,9 +259,16 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         records.append(future.result())
         update_progress_artifact(progress, 100 * len(records) / len(futures))
         print(f"folds done: {len(records)}/{len(futures)}")
+    lap("cross-validation")
 
     summary = aggregate(records)
     urls = write_results(run.url, summary)
+    lap("results")
+    write_run_file(
+        run.url,
+        "run.json",
+        {"run_id": run_id, "started": started, "stages": stages, **environment()},
+    )
     create_table_artifact(
         _table_rows(summary), key="retrain-results", description=f"run {run_id}, mean over folds"
     )
@@ -260,5 +285,6 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         "results": urls,
         "finished": datetime.now(UTC).isoformat(),
     }
+    complete_run(run.url, record)
     publish_latest(params.out_url, record)
     return record

@@ -21,11 +21,12 @@ def unfinished_run(out_url: str, run_key: str) -> str | None:
     return results.unfinished_run(out_url, run_key)
 
 
-@task(name="write-config", **STORAGE_RETRIES)
-def write_config(run_url: str, config: dict) -> str:
-    """``config.json`` of a run: its parameters, data record and run key."""
-    target = resolve(run_url).join("config.json")
-    target.write_json(config)
+@task(name="write-run-file", **STORAGE_RETRIES)
+def write_run_file(run_url: str, name: str, document: dict) -> str:
+    """One JSON document of a run: ``config.json`` (parameters, data record, run key),
+    ``sweep.json`` (every trial), ``run.json`` (times per stage, versions, hardware)."""
+    target = resolve(run_url).join(name)
+    target.write_json(document)
     return target.url
 
 
@@ -39,6 +40,12 @@ def aggregate(records: list[dict]) -> dict:
 def write_results(run_url: str, summary: dict) -> dict[str, str]:
     """``results.json``, ``table.csv`` and ``table.md`` under the run."""
     return results.write_results(run_url, summary)
+
+
+@task(name="complete-run", **STORAGE_RETRIES)
+def complete_run(run_url: str, record: dict) -> None:
+    """The run's completion marker, written after every other file of the run."""
+    results.complete_run(run_url, record)
 
 
 @task(name="publish-latest", **STORAGE_RETRIES)

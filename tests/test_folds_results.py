@@ -16,6 +16,8 @@ from braintl.folds import train_fold, train_fold_on_ray
 from braintl.results import (
     METRICS,
     aggregate,
+    best_model,
+    complete_run,
     publish_latest,
     read_latest,
     unfinished_run,
@@ -70,6 +72,7 @@ def _record(backbone: str, fold: int, val: dict, test: dict) -> dict:
         "fold": fold,
         "val": base | val,
         "test": base | test,
+        "model_url": f"runs/r/folds/{backbone}-frozen/fold-{fold}/model.pt",
     }
 
 
@@ -112,7 +115,23 @@ def test_write_results_files(tmp_path):
     assert "| vgg16/frozen | 2 | 85.0 ± 7.1 |" in markdown
 
 
-def test_unfinished_run_is_found_until_its_results_are_written(tmp_path):
+def test_best_model_is_the_best_fold_of_the_best_pair():
+    results = aggregate(
+        [
+            _record("vgg16", 0, {"auc": 0.8}, {}),
+            _record("vgg16", 1, {"auc": 0.9}, {}),
+            _record("vgg16", 2, {"auc": 0.9}, {}),
+            _record("resnet50", 0, {"auc": 0.95}, {}),
+            _record("resnet50", 1, {"auc": 0.5}, {}),
+        ]
+    )
+    best = best_model(results)
+    assert best["model"] == "vgg16/frozen"  # mean 0.867 beats resnet50's 0.725
+    assert best["fold"]["fold"] == 1  # highest validation AUC; ties go to the lower fold
+    assert best["fold"]["model_url"].endswith("vgg16-frozen/fold-1/model.pt")
+
+
+def test_unfinished_run_is_found_until_it_completes(tmp_path):
     out = tmp_path / "out"
     runs = resolve(str(out)).join("runs")
     assert unfinished_run(str(out), "key-a") is None
@@ -120,9 +139,10 @@ def test_unfinished_run_is_found_until_its_results_are_written(tmp_path):
     runs.join("20260102T000000Z-bbbbbb", "config.json").write_json({"run_key": "key-b"})
     assert unfinished_run(str(out), "key-a") == "20260101T000000Z-aaaaaa"
     assert unfinished_run(str(out), "key-c") is None
-    write_results(
-        runs.join("20260101T000000Z-aaaaaa").url, aggregate([_record("vgg16", 0, {}, {})])
-    )
+    run = runs.join("20260101T000000Z-aaaaaa").url
+    write_results(run, aggregate([_record("vgg16", 0, {}, {})]))
+    assert unfinished_run(str(out), "key-a") == "20260101T000000Z-aaaaaa"  # report etc. to come
+    complete_run(run, {"run_id": "20260101T000000Z-aaaaaa"})
     assert unfinished_run(str(out), "key-a") is None  # completed: a rerun starts a new run
 
 
