@@ -13,8 +13,8 @@ from braintl.models import HEADS, STRATEGIES, list_models, list_strategies
 from braintl.models.registry import get_entry
 
 # Fields that may differ when a run resumes from a checkpoint: they do not change what was
-# learned so far (a longer budget, another machine).
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads"})
+# learned so far (a longer budget, another machine, compiled kernels).
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads", "compile"})
 
 
 class TrainConfig(BaseModel):
@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's")
+    compile: bool = Field(
+        False, description="torch.compile the training forward (cost: first-epoch overhead)"
+    )
 
     @field_validator("backbone")
     @classmethod

@@ -30,7 +30,14 @@ from braintl.metrics import evaluate, json_safe
 from braintl.models import apply_strategy, create_model, resolve_strategy
 from braintl.storage import Location, resolve
 from braintl.training.config import RESUMABLE_CHANGES, TrainConfig
-from braintl.training.device import autocast, prepare_model, resolve_device, to_device
+from braintl.training.device import (
+    BatchSource,
+    autocast,
+    compiled,
+    first_epoch_overhead,
+    prepare_model,
+    resolve_device,
+)
 from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
 
 CHECKPOINT_FORMAT = 1
@@ -61,6 +68,7 @@ class TrainResult:
     config: TrainConfig
     device: str
     seconds: float
+    compile_seconds: float | None = None  # torch.compile's first-epoch overhead, when on
 
     def to_dict(self) -> dict:
         """Everything but the model, as strict JSON (undefined AUCs become ``None``)."""
@@ -74,6 +82,7 @@ class TrainResult:
                 "stopped_by": self.stopped_by,
                 "device": self.device,
                 "seconds": self.seconds,
+                "compile_seconds": self.compile_seconds,
             }
         )
 
@@ -106,6 +115,7 @@ class _Run:
         self.config = config
         self.device = device
         self.images = torch.from_numpy(tensors.images)  # shared with numpy, never copied whole
+        self.batches = BatchSource(tensors.images, device)  # on the GPU whole when it fits
         self.labels = torch.from_numpy(tensors.labels.astype(np.float32))
         self.train_idx = torch.from_numpy(train_idx)
         self.val_images = self.images[val_idx]
@@ -122,6 +132,7 @@ class _Run:
             **{k: v for k, v in options.items() if v is not None},
         )
         self.model = prepare_model(model, device)
+        self.forward = compiled(self.model, config.compile)
         self.state = _State(stage=1 if config.strategy == "progressive" else 0)
         self.configure()
 
@@ -140,10 +151,10 @@ class _Run:
         for batch in order.split(self.config.batch_size):
             if len(batch) < 2:  # BatchNorm cannot train on one image; it rejoins next epoch
                 continue
-            x = to_device(self.images[batch], self.device)
+            x = self.batches.take(batch)
             y = self.labels[batch].to(self.device, non_blocking=True)
             with autocast(self.device):
-                logits = self.model(x)
+                logits = self.forward(x)
             loss = self.loss_fn(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -315,6 +326,7 @@ def _train(
         config=config,
         device=str(device),
         seconds=time.perf_counter() - started,
+        compile_seconds=first_epoch_overhead(state.history) if config.compile else None,
     )
 
 
