@@ -85,6 +85,10 @@ class Location:
                 "that is a writable folder, with free space."
             ) from exc
 
+    def download(self, path: str) -> None:
+        """Copy this object to the local file ``path`` without holding it in memory."""
+        _guard(self.url, self.fs.get_file, self.path, path)
+
     def read_json(self) -> Any:
         return json.loads(self.read_bytes())
 
@@ -134,7 +138,12 @@ def resolve(url: str | os.PathLike[str]) -> Location:
     protocol = protocol or "file"
     try:
         fs = fsspec.filesystem(protocol, **_storage_options(protocol))
-    except (ImportError, ValueError) as exc:
+    except ImportError as exc:
+        raise StorageError(
+            f"{url}: the {protocol!r} protocol needs a package that is not installed ({exc}). "
+            "Install it (s3://: pip install s3fs) or use a local path."
+        ) from exc
+    except ValueError as exc:
         raise StorageError(
             f"{url}: unsupported storage protocol {protocol!r} ({exc}). "
             "Use a local path, file:// or s3://."

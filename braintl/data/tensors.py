@@ -2,19 +2,30 @@
 
 Training reads only this, so JPEG decoding, cropping, resizing and offline augmentation
 happen once per (data fingerprint, preprocessing, augmentation, split), not once per run.
+
+Loading memory-maps the arrays, so every trial and fold on one machine shares one copy of the
+pixels in the page cache. A remote cache (``s3://``) is first downloaded once per node into
+a node-local folder (:func:`node_cache_dir`), whichever process gets there first.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from braintl.storage import Location, resolve
+from braintl.storage import COMPLETE_MARKER, Location, resolve
 
 ARRAYS = ("images", "labels", "groups", "augmented")
+FILES = (*(f"{name}.npy" for name in ARRAYS), "split.json", "meta.json", COMPLETE_MARKER)
+NODE_CACHE_ENV = "BRAINTL_NODE_CACHE"
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,8 @@ class TensorSet:
     """Everything training needs, in memory.
 
     ``images`` uint8 [N,3,H,W]; ``labels`` int64 [N] (1 = tumor, 0 = no tumor);
-    ``groups`` int64 [N] source group of each image; ``augmented`` bool [N].
+    ``groups`` int64 [N] source group of each image; ``augmented`` bool [N]. ``url``: where it
+    was loaded from (None when built in memory); caches derived from it live below it.
     """
 
     images: np.ndarray
@@ -82,6 +94,7 @@ class TensorSet:
     augmented: np.ndarray
     split: Split
     meta: dict
+    url: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -100,13 +113,60 @@ class TensorSet:
 
     @classmethod
     def load(cls, url: str | Location) -> TensorSet:
+        """Memory-map a complete cache; a remote one is downloaded to the node cache first.
+
+        The arrays are copy-on-write maps: writing to one changes this process's view only.
+        """
         loc = resolve(url) if isinstance(url, str) else url
         if not loc.is_complete():
             raise FileNotFoundError(
                 f"{loc.url}: no complete tensor cache here. Build it with "
                 "`braintl data prepare DATA_URL --out OUT_URL`."
             )
-        arrays = {name: loc.join(f"{name}.npy").read_array() for name in ARRAYS}
-        split = Split.from_json(loc.join("split.json").read_json())
-        meta = json.loads(loc.join("meta.json").read_bytes())
-        return cls(split=split, meta=meta, **arrays)
+        folder = loc.path if loc.protocol == "file" else node_copy(loc)
+        arrays = {
+            name: np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="c").view(np.ndarray)
+            for name in ARRAYS
+        }
+        local = resolve(folder)
+        split = Split.from_json(local.join("split.json").read_json())
+        meta = local.join("meta.json").read_json()
+        return cls(split=split, meta=meta, url=loc.url, **arrays)
+
+
+def node_cache_dir() -> str:
+    """Where remote tensor caches are copied on this machine: ``$BRAINTL_NODE_CACHE``, or a
+    per-user folder in the system's temporary directory. Nothing is evicted automatically."""
+    default = os.path.join(tempfile.gettempdir(), f"braintl-{os.getuid()}", "tensors")
+    return os.environ.get(NODE_CACHE_ENV) or default
+
+
+def node_copy(loc: Location) -> str:
+    """The local folder holding a copy of the complete remote cache ``loc``, downloading it
+    unless this node has it already.
+
+    The folder is named by the cache key (the URL's last part) and a hash of URL and completion
+    marker, so a cache rewritten at the same URL is fetched again. Concurrent processes take a
+    file lock, so one downloads while the others wait; the download goes to a temporary folder
+    renamed into place when complete, so a crash never leaves a half-written copy behind.
+    """
+    marker = loc.join(COMPLETE_MARKER).read_bytes()
+    digest = hashlib.sha256(loc.url.encode() + b"\0" + marker).hexdigest()[:16]
+    root = node_cache_dir()
+    target = os.path.join(root, f"{os.path.basename(loc.path.rstrip('/'))}-{digest}")
+    if os.path.isdir(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    with open(f"{target}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(target):  # another process finished the download while we waited
+            return target
+        partial = tempfile.mkdtemp(dir=root, prefix=".partial-")
+        try:
+            for name in FILES:
+                loc.join(name).download(os.path.join(partial, name))
+            os.rename(partial, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(partial)
+    return target
