@@ -179,3 +179,134 @@ def json_safe(obj):
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
+
+
+# Scores the report bootstraps: the threshold-dependent ones and the AUC.
+BOOTSTRAP_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+
+
+def bootstrap_metrics(
+    y_true,
+    probs,
+    thresholds,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = CONFIDENCE,
+) -> dict[str, dict]:
+    """Percentile bootstrap intervals of the scores of k models on one test set.
+
+    ``probs`` is k×N (or N for one model), ``thresholds`` one decision threshold per model.
+    The estimate is the mean over models of each model's score at its own threshold (undefined
+    scores skipped, as in ``braintl.results``). A resample draws N images with replacement
+    *once* and scores every model on those same images, so the interval reflects the test set's
+    sampling variation of the fold-averaged score. Resamples where a score is undefined (one
+    class drawn) are left out; ``resamples`` says how many counted.
+    """
+    y, p, t = _models(y_true, probs, thresholds)
+    if resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"need resamples >= 1 and 0 < level < 1, got {resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y), size=(resamples, len(y)))
+    point = _scores(y[None, :], p[:, None, :], t)
+    boot = _scores(y[draws], p[:, draws], t)
+    tail = (1 - level) / 2 * 100
+    out = {}
+    for name in BOOTSTRAP_METRICS:
+        values = boot[name][np.isfinite(boot[name])]
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (math.nan,) * 2
+        out[name] = {
+            "estimate": float(point[name][0]),
+            "low": float(low),
+            "high": float(high),
+            "resamples": int(len(values)),
+            "level": level,
+        }
+    return json_safe(out)
+
+
+def _models(y_true, probs, thresholds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    if p.ndim != 2 or len(p) == 0 or len(t) != len(p):
+        raise ValueError(
+            f"need probs k×N with k >= 1 and one threshold per model, got shape {p.shape} and "
+            f"{len(t)} thresholds"
+        )
+    y = _check(y_true, p[0])[0]
+    for row in p[1:]:
+        _check(y, row)
+    return y, p, t
+
+
+def _scores(y: np.ndarray, p: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of k models on B samples: ``y`` B×N labels, ``p`` k×B×N probabilities; each
+    score is averaged over the models where it is defined, giving one value per sample."""
+    pred = p >= t[:, None, None]
+    pos = y.astype(bool)[None]
+    tp = (pred & pos).sum(-1)
+    fp = (pred & ~pos).sum(-1)
+    fn = (~pred & pos).sum(-1)
+    tn = (~pred & ~pos).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_model = {
+            "accuracy": (tp + tn) / y.shape[-1],
+            "precision": tp / (tp + fp),
+            "recall": tp / (tp + fn),
+            "specificity": tn / (tn + fp),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+            "auc": _auc_rows(np.broadcast_to(pos, p.shape), p),
+        }
+    out = {}
+    for name, values in per_model.items():
+        values = np.where(np.isfinite(values), values, np.nan)
+        defined = np.isfinite(values).sum(0)
+        total = np.nansum(values, axis=0)
+        out[name] = np.divide(total, defined, out=np.full(total.shape, np.nan), where=defined > 0)
+    return out
+
+
+def _auc_rows(pos: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """ROC AUC along the last axis (Mann–Whitney U from mid-ranks, ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(p, axis=-1)
+    n1 = pos.sum(-1)
+    n0 = pos.shape[-1] - n1
+    u = (ranks * pos).sum(-1) - n1 * (n1 + 1) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan)
+
+
+def delong_test(y_true, prob_a, prob_b) -> dict[str, float]:
+    """DeLong's test that two correlated ROC AUCs, of two models on the same images, are equal.
+
+    DeLong, DeLong & Clarke-Pearson (1988): each AUC's structural components (per positive,
+    the share of negatives it outranks; per negative, the share of positives outranking it)
+    give the covariance of the two AUCs; z = (AUC_a − AUC_b) / se, two-sided p. Returns
+    ``auc_a``, ``auc_b``, ``diff``, ``se``, ``z``, ``p`` (NaN where undefined).
+    """
+    y, a = _check(y_true, prob_a)
+    _, b = _check(y_true, prob_b)
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    if m < 2 or n < 2:
+        raise ValueError(
+            f"DeLong's test needs at least two images of each class, got {m} tumor, {n} no tumor"
+        )
+    v10, v01 = [], []
+    for scores in (a, b):
+        # psi[i, j] = 1 if positive i outranks negative j, 0.5 on a tie, 0 otherwise.
+        diff = scores[pos][:, None] - scores[neg][None, :]
+        psi = (diff > 0) + 0.5 * (diff == 0)
+        v10.append(psi.mean(axis=1))
+        v01.append(psi.mean(axis=0))
+    s10, s01 = np.cov(np.stack(v10)), np.cov(np.stack(v01))
+    contrast = np.array([1.0, -1.0])
+    variance = contrast @ s10 @ contrast / m + contrast @ s01 @ contrast / n
+    auc_a, auc_b = float(v10[0].mean()), float(v10[1].mean())
+    se = math.sqrt(max(float(variance), 0.0))
+    z = (auc_a - auc_b) / se if se > 0 else math.nan
+    p = math.erfc(abs(z) / math.sqrt(2)) if se > 0 else (1.0 if auc_a == auc_b else math.nan)
+    return {"auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b, "se": se, "z": z, "p": p}
