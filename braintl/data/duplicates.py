@@ -26,7 +26,6 @@ from braintl.data.preprocess import brain_crop_box
 HASH_SIZE = 16  # 16×16 DCT coefficients: a 256-bit hash
 HASH_BYTES = HASH_SIZE * HASH_SIZE // 8
 DEFAULT_NEAR_DISTANCE = 46
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def pixel_hash(rgb: np.ndarray) -> str:
@@ -49,15 +48,40 @@ def _dct_hash(rgb: np.ndarray) -> bytes:
     return np.packbits(low > np.median(low[1:])).tobytes()
 
 
+def _hash_words(phashes: list[str]) -> np.ndarray:
+    """N × 2 × 4 uint64: each image's two 256-bit hashes as machine words, for fast popcounts."""
+    raw = np.frombuffer(bytes.fromhex("".join(phashes)), dtype=np.uint64)
+    return raw.reshape(len(phashes), 2, HASH_BYTES // 8)
+
+
+def _distances(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """len(rows) × len(cols) distances: per pair, the smaller of the two hashes' distances."""
+    bits = np.bitwise_count(rows[:, None] ^ cols[None, :]).sum(axis=3, dtype=np.uint16)
+    return bits.min(axis=2)
+
+
 def distance_matrix(phashes: list[str]) -> np.ndarray:
     """Pairwise distances: per pair, the smaller Hamming distance of the two hashes."""
-    raw = np.frombuffer(bytes.fromhex("".join(phashes)), dtype=np.uint8)
-    both = raw.reshape(len(phashes), 2, HASH_BYTES)
-    out = np.empty((len(phashes), len(phashes)), dtype=np.uint16)
-    for i in range(len(phashes)):  # row by row keeps memory at N × 64 bytes per step
-        bits = _POPCOUNT[both[i] ^ both].sum(axis=2, dtype=np.uint16)
-        out[i] = bits.min(axis=1)
-    return out
+    words = _hash_words(phashes)
+    return _distances(words, words)
+
+
+def near_pairs(phashes: list[str], max_distance: int, pairs_per_step: int = 1 << 20) -> np.ndarray:
+    """(i, j, distance) rows, i < j, of every pair within ``max_distance`` bits.
+
+    A block of rows at a time over the upper triangle: memory stays near ``pairs_per_step``
+    × 64 bytes however many images there are (one N × N matrix of 100 000 images: 20 GB).
+    """
+    words = _hash_words(phashes)
+    block = max(1, pairs_per_step // max(1, len(words)))
+    found = [np.empty((0, 3), dtype=np.int64)]
+    for start in range(0, len(words), block):
+        dist = _distances(words[start : start + block], words[start:])
+        ii, jj = np.nonzero(dist <= max_distance)
+        keep = jj > ii  # the upper triangle: each pair once, no self-pairs
+        i, j = ii[keep] + start, jj[keep] + start
+        found.append(np.stack([i, j, dist[ii[keep], jj[keep]]], axis=1).astype(np.int64))
+    return np.concatenate(found)
 
 
 @dataclass(frozen=True)
@@ -95,11 +119,9 @@ def find_groups(pixel_hashes: list[str], phashes: list[str], max_distance: int) 
             first_seen[h] = i
     near: list[tuple[int, int, int]] = []
     if max_distance >= 0 and n > 1:
-        dist = distance_matrix(phashes)
-        ii, jj = np.nonzero(np.triu(dist <= max_distance, k=1))
-        for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
+        for i, j, d in near_pairs(phashes, max_distance).tolist():
             if pixel_hashes[i] != pixel_hashes[j]:
-                near.append((i, j, int(dist[i, j])))
+                near.append((i, j, d))
                 union(i, j)
     roots = [find(i) for i in range(n)]
     # Name each group by its smallest member hash so ids survive renames and reordering.

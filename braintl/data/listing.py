@@ -13,6 +13,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff")
 # Files every OS and tool drops into folders; never images, never worth a quarantine line.
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 POSITIVE_LABEL = "tumor"
+_LINK = "symbolic link, not followed (copy the file in instead)"
+# Object stores allow keys such as "yes/../../other/x.jpg"; read as paths they name other objects.
+_BAD_KEY = "key has an empty, '.' or '..' path component (it could name another object); rename it"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listi
     """
     label_map = dict(DEFAULT_LABEL_MAP if label_map is None else label_map)
     root = resolve(data_url)
-    folders = _label_folders(root)
+    folders, outside = _label_folders(root)
     unknown = sorted(set(folders) - set(label_map))
     if unknown:
         raise UserError(
@@ -55,15 +58,18 @@ def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listi
             "(--label-map folder=label,...)."
         )
     images: list[ImageRef] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(outside)
     for folder in sorted(folders):
         for path, size, islink in _walk(root.join(folder)):
-            rel = posixpath.relpath(path, root.path)
+            rel = path.removeprefix(root.path.rstrip("/") + "/")
             name = posixpath.basename(path)
             if name.lower() in IGNORED_NAMES or name.startswith("._"):
                 continue
+            if _moves(rel):
+                skipped.append((rel, _BAD_KEY))
+                continue
             if islink:
-                skipped.append((rel, "symbolic link, not followed (copy the file in instead)"))
+                skipped.append((rel, _LINK))
                 continue
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 skipped.append((rel, f"not an image extension ({', '.join(IMAGE_EXTENSIONS)})"))
@@ -80,7 +86,11 @@ def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listi
     return Listing(root.url, tuple(images), tuple(skipped))
 
 
-def _label_folders(root: Location) -> list[str]:
+def _label_folders(root: Location) -> tuple[list[str], list[tuple[str, str]]]:
+    """Label folder names, and (name, reason) for the other entries at the top.
+
+    A linked label folder is not followed either: it can point anywhere.
+    """
     try:
         if not root.fs.isdir(root.path):
             what = "is a file, not a folder" if root.fs.exists(root.path) else "does not exist"
@@ -98,14 +108,26 @@ def _label_folders(root: Location) -> list[str]:
             f"{root.url}: storage unreachable ({type(exc).__name__}: {exc}). Check that the "
             "server is running, AWS_ENDPOINT_URL points at it and the credentials are set."
         ) from exc
-    names = [posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory"]
-    folders = [f for f in names if not f.startswith(".")]
+    folders: list[str] = []
+    outside: list[tuple[str, str]] = []
+    for entry in entries:
+        name = posixpath.basename(entry["name"].rstrip("/"))
+        if name.startswith(".") or name.lower() in IGNORED_NAMES:
+            continue
+        if entry.get("islink"):
+            outside.append((name, _LINK))
+        elif entry["type"] == "directory":
+            folders.append(name)
+        else:
+            outside.append((name, "not inside a label folder, not used"))
     if not folders:
+        links = [name for name, why in outside if why == _LINK]
+        note = f" Linked folders are not followed: {', '.join(links)}." if links else ""
         raise UserError(
             f"{root.url} holds no label folders. Put the images in one sub-folder per label "
-            "(e.g. yes/ and no/)."
+            f"(e.g. yes/ and no/).{note}"
         )
-    return folders
+    return folders, outside
 
 
 def _walk(folder: Location) -> list[tuple[str, int, bool]]:
@@ -117,3 +139,12 @@ def _walk(folder: Location) -> list[tuple[str, int, bool]]:
     return sorted(
         (path, int(info.get("size") or 0), bool(info.get("islink"))) for path, info in found.items()
     )
+
+
+def _moves(rel: str) -> bool:
+    """True when a component of ``rel`` would move it elsewhere if read as a path.
+
+    Such a key is never normalised: ``yes/../no/x.jpg`` would become ``no/x.jpg``, a different
+    object under another label.
+    """
+    return any(part in ("", ".", "..") for part in rel.split("/"))

@@ -153,6 +153,9 @@ def scan(
             data = resolve(ref.url).read_bytes()
         except PermissionError as exc:
             return _quarantine(record, Quarantine(UNREADABLE, f"permission denied ({exc})"))
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            detail = f"listed, but gone or not a file when read ({type(exc).__name__})"
+            return _quarantine(record, Quarantine(UNREADABLE, detail))
         try:
             decoded = decode(data, limits)
         except Quarantine as q:
