@@ -1,0 +1,185 @@
+"""Real services for the deployment tests: a `prefect server` (SQLite in a temporary home), the
+deployments of ``deployments/prefect.yaml`` applied to it, and a `prefect worker` on a process
+pool. The tests share one of each (see the ``prefect_stack`` fixture) so CI starts one server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+POOL = "braintl-process"
+# The smallest useful run: two models, one trial each, two folds on 32 px phantoms.
+TINY = {
+    "profile": "quick",
+    "backbones": ["scratch_cnn", "mobilenet_v2"],
+    "strategies": ["frozen"],
+    "image_size": 32,
+    "epochs": 1,
+    "folds": 2,
+    "sweep": {"num_samples": 1},
+}
+TIMEZONE = "Europe/Berlin"
+# predict-folder joins once flows/predict.py exists (`deploy --all` then applies all four).
+DEPLOYMENTS = ("nightly-retrain", "adhoc-retrain", "cluster-sweep")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect(*args: str, env: dict[str, str], timeout: float = 180) -> str:
+    """One `prefect` CLI command; its output, or an error carrying that output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class PrefectStack:
+    """What the tests talk to: the server's API and UI, and where the runs write."""
+
+    api_url: str
+    ui_url: str
+    out_url: str
+    env: dict[str, str]
+    logs: Path
+
+
+def _set_variables(api_url: str, values: dict) -> None:
+    from prefect.client.schemas.actions import VariableCreate
+
+    with api_client(api_url) as client:
+        for name, value in values.items():
+            client.create_variable(VariableCreate(name=name, value=value))
+
+
+@contextmanager
+def start_prefect_stack(home: Path, s3_endpoint: str):
+    """Server, variables, pool and deployments, and one process worker whose flow runs write to
+    a fresh bucket of the S3 server at ``s3_endpoint``; all stopped on exit. Logs stay under
+    ``home/logs``."""
+    import s3fs
+
+    bucket = f"braintl-deploy-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
+    out_url = f"s3://{bucket}"
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+    }
+    server_log = logs / "server.log"
+    with server_log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+            + ["--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    worker = None
+    try:
+        _wait_healthy(api_url, server, server_log)
+        _set_variables(
+            api_url,
+            {
+                "braintl_work_pool": POOL,
+                "braintl_timezone": TIMEZONE,
+                "braintl_nightly": {**TINY, "out_url": out_url},
+                "braintl_adhoc": {**TINY, "out_url": out_url},
+                "braintl_data_url": "s3://braintl-scans/brain_mri",
+                "braintl_out_url": out_url,
+                "braintl_ray_address": "ray://braintl-ray-head:10001",
+            },
+        )
+        _prefect("work-pool", "create", POOL, "--type", "process", env=env)
+        names = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
+        _prefect("deploy", *names, "--prefect-file", str(PREFECT_FILE), env=env)
+        worker_env = {**env, "BRAINTL_HOME": str(REPO)}  # with the AWS_* variables of the S3 server
+        with (logs / "worker.log").open("w") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
+                cwd=home,
+                env=worker_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        yield PrefectStack(api_url, api_url.removesuffix("/api"), out_url, env, logs)
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(server)
+
+
+@contextmanager
+def api_client(api_url: str):
+    """A synchronous Prefect client of the server at ``api_url``."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def wait_for_final_state(flow_run_id, stack: PrefectStack, timeout: float = 600):
+    """Poll the server until the flow run is final; its last read, or an error with the
+    worker's log when it takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    with api_client(stack.api_url) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            time.sleep(2)
+    worker_log = (stack.logs / "worker.log").read_text()[-4000:]
+    raise TimeoutError(f"flow run {flow_run_id} not final after {timeout} s:\n{worker_log}")

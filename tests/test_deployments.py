@@ -1,0 +1,38 @@
+"""The deployments of ``deployments/prefect.yaml`` on a real Prefect server with a real process
+worker: an ad-hoc run triggered through the API as the UI does, its results in a real S3 server;
+the nightly schedule and concurrency limit read back."""
+
+from __future__ import annotations
+
+import pytest
+from prefect_services import TIMEZONE, TINY, api_client, wait_for_final_state
+
+from braintl.storage import resolve
+
+
+@pytest.mark.slow
+def test_adhoc_run_through_the_api_completes_and_writes_to_s3(prefect_stack):
+    params = {**TINY, "out_url": prefect_stack.out_url, "seed": 1}
+    with api_client(prefect_stack.api_url) as client:
+        deployment = client.read_deployment_by_name("retrain/adhoc-retrain")
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"params": params})
+    final = wait_for_final_state(run.id, prefect_stack)
+    assert final.state.is_completed(), final.state
+    assert final.parameters["params"]["seed"] == 1
+    latest = resolve(prefect_stack.out_url).join("latest.json").read_json()
+    run_dir = resolve(latest["run_url"])
+    assert run_dir.join("results.json").read_json()["models"]
+    assert "scratch_cnn/full" in run_dir.join("table.md").read_bytes().decode()
+    assert run_dir.join("config.json").read_json()["params"]["seed"] == 1
+
+
+def test_nightly_schedule_and_concurrency_read_back(prefect_stack):
+    with api_client(prefect_stack.api_url) as client:
+        nightly = client.read_deployment_by_name("retrain/nightly-retrain")
+        names = {d.name for d in client.read_deployments()}
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", TIMEZONE)
+    assert schedule.active
+    assert nightly.global_concurrency_limit.limit == 1
+    assert nightly.parameters["params"]["out_url"] == prefect_stack.out_url
+    assert {"nightly-retrain", "adhoc-retrain", "cluster-sweep"} <= names
