@@ -100,6 +100,16 @@ def s3_server():
     proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory, s3_server):
+    """A real Prefect server with braintl's deployments applied and a process worker, shared by
+    the deployment and UI tests (see tests/prefect_services.py)."""
+    from prefect_services import start_prefect_stack
+
+    with start_prefect_stack(tmp_path_factory.mktemp("prefect-home"), s3_server) as stack:
+        yield stack
+
+
 @pytest.fixture
 def s3_bucket(s3_server):
     """A fresh bucket; returns its ``s3://`` URL."""
