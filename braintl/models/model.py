@@ -36,6 +36,11 @@ class BrainTLModel(nn.Module):
         std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
+        # The backbone as its blocks' modules in forward order (a plain list: no second
+        # registration), so it can be cut at any block boundary.
+        self._block_modules = [
+            [backbone.get_submodule(name) for name in block.modules] for block in spec.blocks
+        ]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
@@ -47,6 +52,22 @@ class BrainTLModel(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone feature map N×C×h×w of raw [0, 255] images."""
         return self.backbone(self.normalize(x))
+
+    def prefix(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """The activations entering block ``stop`` (0-based) of raw [0, 255] images: what a
+        frozen-prefix cache stores. ``prefix(x, len(spec.blocks))`` equals ``features(x)``."""
+        return self._run_blocks(self.normalize(x), 0, stop)
+
+    def forward_from(self, activations: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits [N] from the activations entering block ``start``: the trainable rest of the
+        model when blocks ``0..start-1`` are frozen and their output is cached."""
+        return self.forward_head(self._run_blocks(activations, start, len(self.spec.blocks)))
+
+    def _run_blocks(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for modules in self._block_modules[start:stop]:
+            for module in modules:
+                h = module(h)
+        return h
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits [N] from a feature map, e.g. one read back from a feature cache. Always

@@ -31,10 +31,12 @@ class BackboneSpec:
     """A backbone's contract with the rest of braintl.
 
     ``blocks`` run from input to output and together own every backbone parameter (a test
-    checks this for every registered model); progressive unfreezing walks them backwards and
-    ``finetune`` trains the last one. ``mean``/``std`` are in [0, 1] units: the normalisation
-    the pretrained weights were trained with. ``pretrained`` says where ``weights="imagenet"``
-    comes from, ``None`` when the architecture has no pretrained weights.
+    checks this for every registered model); their modules, in order, are the backbone's
+    forward pass, so a frozen-prefix cache can cut it at any block boundary. Progressive
+    unfreezing walks them backwards and ``finetune`` trains the last one. ``mean``/``std`` are
+    in [0, 1] units: the normalisation the pretrained weights were trained with.
+    ``pretrained`` says where ``weights="imagenet"`` comes from, ``None`` when the architecture
+    has no pretrained weights.
     """
 
     name: str

@@ -14,7 +14,9 @@ from braintl.models.registry import get_entry
 
 # Fields that may differ when a run resumes from a checkpoint: they do not change what was
 # learned so far (a longer budget, another machine, compiled kernels).
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "num_threads", "compile"})
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "device", "num_threads", "compile", "feature_cache", "feature_memory_budget_mb"}
+)
 
 
 class TrainConfig(BaseModel):
@@ -44,6 +46,12 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's")
+    feature_cache: bool = Field(
+        True, description="compute frozen blocks once per image (braintl.training.features)"
+    )
+    feature_memory_budget_mb: float = Field(
+        2048, gt=0, description="larger feature caches stream from disk or are recomputed"
+    )
     compile: bool = Field(
         False, description="torch.compile the training forward (cost: first-epoch overhead)"
     )

@@ -2,8 +2,10 @@
 
 One formulation for every model: the model returns one tumor logit per image and the loss is
 ``BCEWithLogitsLoss`` on it. Batches are sliced from the uint8 tensor cache and normalised
-inside the model, so nothing is converted to float on the CPU. The best epoch (by validation
-AUC, ties broken by lower validation loss) is kept in memory and returned.
+inside the model, so nothing is converted to float on the CPU. Where a strategy freezes the
+first blocks, their output comes from the feature cache (:mod:`braintl.training.features`) and
+only the trainable rest runs each epoch. The best epoch (by validation AUC, ties broken by lower
+validation loss) is kept in memory and returned.
 
 Determinism: the seed fixes the model's initial weights, dropout and the shuffling order
 (a dedicated ``torch.Generator``), and a checkpoint stores all three RNG states, so a resumed
@@ -39,6 +41,7 @@ from braintl.training.device import (
     resolve_device,
 )
 from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
+from braintl.training.features import TrainablePart, prefix_cache
 
 CHECKPOINT_FORMAT = 1
 
@@ -114,6 +117,8 @@ class _Run:
     ):
         self.config = config
         self.device = device
+        self.tensors = tensors
+        self.val_idx = val_idx
         self.images = torch.from_numpy(tensors.images)  # shared with numpy, never copied whole
         self.batches = BatchSource(tensors.images, device)  # on the GPU whole when it fits
         self.labels = torch.from_numpy(tensors.labels.astype(np.float32))
@@ -132,7 +137,6 @@ class _Run:
             **{k: v for k, v in options.items() if v is not None},
         )
         self.model = prepare_model(model, device)
-        self.forward = compiled(self.model, config.compile)
         self.state = _State(stage=1 if config.strategy == "progressive" else 0)
         self.configure()
 
@@ -142,8 +146,25 @@ class _Run:
         apply_strategy(self.model, self.plan)
         groups = self.plan.param_groups(self.model, self.config.lr, self.config.backbone_lr_factor)
         self.optimizer = torch.optim.Adam(groups, weight_decay=self.config.weight_decay)
+        self.inputs = None  # built by the next epoch: a resumed run reconfigures before one
+
+    def build_inputs(self) -> None:
+        """What the next epochs feed: with the feature cache on and a frozen prefix, its cached
+        activations and the trainable rest of the model; else uint8 images and the model."""
+        cache = None
+        if self.config.feature_cache:
+            budget = self.config.feature_memory_budget_mb
+            cache = prefix_cache(self.model, self.plan, self.tensors, self.device, budget)
+        if cache is None:
+            self.net, self.inputs, self.val_inputs = self.model, self.batches, self.val_images
+        else:
+            self.net = TrainablePart(self.model, cache.start)
+            self.inputs, self.val_inputs = cache.source, cache.rows(self.val_idx)
+        self.forward = compiled(self.net, self.config.compile)
 
     def train_epoch(self) -> float:
+        if self.inputs is None:
+            self.build_inputs()
         self.model.train()  # frozen BatchNorm stays in eval (see apply_strategy)
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.generator)]
         total = torch.zeros((), device=self.device)
@@ -151,7 +172,7 @@ class _Run:
         for batch in order.split(self.config.batch_size):
             if len(batch) < 2:  # BatchNorm cannot train on one image; it rejoins next epoch
                 continue
-            x = self.batches.take(batch)
+            x = self.inputs.take(batch)
             y = self.labels[batch].to(self.device, non_blocking=True)
             with autocast(self.device):
                 logits = self.forward(x)
@@ -168,7 +189,7 @@ class _Run:
         started = time.perf_counter()
         state = self.state
         train_loss = self.train_epoch()
-        logits = predict_logits(self.model, self.val_images, EVAL_BATCH_SIZE, self.device)
+        logits = predict_logits(self.net, self.val_inputs, EVAL_BATCH_SIZE, self.device)
         if not torch.isfinite(logits).all():
             raise UserError(
                 f"training diverged: non-finite validation logits at epoch {state.epoch + 1} "
