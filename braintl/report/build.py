@@ -1,0 +1,208 @@
+"""A run's report: gather, compute, render, write ``report/`` under the run.
+
+``write_report(run_url)`` writes ``index.html`` (self-contained), ``report.json`` (every figure
+the page shows), ``table.csv`` and ``table.md``; it runs as the flow's report task and again as
+``braintl report RUN_URL`` after a template change.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from braintl.data.manifest import Manifest, Record
+from braintl.metrics import BOOTSTRAP_RESAMPLES, json_safe
+from braintl.report import plots
+from braintl.report.collect import Run, fold_predictions, load_run, load_tensors, sibling_runs
+from braintl.report.compare import (
+    ESTIMATE_NOTE,
+    delong_against_best,
+    leakage_audit,
+    model_statistics,
+)
+from braintl.report.explain import gradcam_examples
+from braintl.report.render import render_html
+from braintl.report.seed import SEED_PROTOCOL_NOTE, SEED_SOURCE, TABLE_1, seed_best, seed_row
+from braintl.report.tables import table_rows, to_csv, to_markdown
+from braintl.results import best_model
+from braintl.storage import resolve
+
+REPORT_DIR = "report"
+BOOTSTRAP_SEED = 0
+
+
+def write_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, str]:
+    """Render the report of the run at ``run_url``; returns file name → URL."""
+    report, images = build_report(run_url, resamples)
+    rows = report["table"]
+    files = {
+        "index.html": render_html(report, images).encode(),
+        "report.json": None,
+        "table.csv": to_csv(rows).encode(),
+        "table.md": to_markdown(rows, report["run"]["protocol"]).encode(),
+    }
+    target = resolve(run_url).join(REPORT_DIR)
+    urls = {}
+    for name, content in files.items():
+        loc = target.join(name)
+        if content is None:
+            loc.write_json(report)
+        else:
+            loc.write_bytes(content)
+        urls[name] = loc.url
+    return urls
+
+
+def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[dict, dict]:
+    """The report document (JSON) and its images (name → data URI, kept out of the JSON)."""
+    run = load_run(run_url)
+    if not run.results["models"]:
+        raise ValueError(f"{run.loc.url}: the run trained no model, so there is nothing to report")
+    tensors = load_tensors(run)
+    preds = fold_predictions(run.results, tensors.labels)
+    best = best_model(run.results)
+    models = []
+    for model in run.results["models"]:
+        config = model["config"] or {}
+        models.append(
+            {
+                "model": model["model"],
+                "backbone": model["backbone"],
+                "strategy": model["strategy"],
+                "weights": config.get("weights"),
+                "best": model["model"] == best["model"],
+                "config": config,
+                "folds": {"val": model["val"], "test": model["test"]},
+                "runs": model["runs"],
+                **model_statistics(preds[model["model"]], resamples, BOOTSTRAP_SEED),
+                "seed": seed_row(model["backbone"], model["strategy"]),
+            }
+        )
+    cases = gradcam_examples(tensors, preds[best["model"]], best["config"], best["fold"])
+    report = json_safe(
+        {
+            "summary": _summary(run, models[0]),
+            "estimate_note": ESTIMATE_NOTE.format(resamples=resamples, seed=BOOTSTRAP_SEED),
+            "models": models,
+            "table": table_rows(models),
+            "comparisons": {"delong": delong_against_best(preds, best["model"])},
+            "leakage_audit": leakage_audit(run, sibling_runs(run)),
+            "sweep": run.sweep,
+            "explanations": {
+                "model": best["model"],
+                "fold": best["fold"]["fold"],
+                "model_url": best["fold"]["model_url"],
+                "threshold": best["fold"]["threshold"],
+                "cases": [{k: v for k, v in c.items() if k != "image"} for c in cases],
+            },
+            "data": _data(run),
+            "run": _run(run),
+            "seed": {
+                "source": SEED_SOURCE,
+                "protocol": SEED_PROTOCOL_NOTE,
+                "table_1": [
+                    {"backbone": b, "strategy": s, **row} for (b, s), row in TABLE_1.items()
+                ],
+            },
+        }
+    )
+    images = _plots(models)
+    images |= {f"gradcam-{i}": case["image"] for i, case in enumerate(cases)}
+    return report, images
+
+
+def _summary(run: Run, best: dict) -> dict:
+    auc = best["test_bootstrap"]["auc"]
+    protocol = run.params["protocol"]
+    leak = "leak-free" if protocol == "groups" else "leaky, as the seed's"
+    k = len(best["folds"]["test"]["auc"]["values"])
+    text = (
+        f"Best model: {best['model']} (weights {best['weights']}), chosen by mean validation "
+        f"AUC over {k} folds, protocol {protocol} ({leak}). On the held-out test set "
+        f"({best['n_test']} scans) its AUC is {_fmt(auc['estimate'])} "
+        f"(95% CI {_fmt(auc['low'])}–{_fmt(auc['high'])}, {auc['resamples']} bootstrap "
+        f"resamples), accuracy {_fmt(best['test_bootstrap']['accuracy']['estimate'])}, "
+        f"sensitivity {_fmt(best['test_bootstrap']['recall']['estimate'])}, specificity "
+        f"{_fmt(best['test_bootstrap']['specificity']['estimate'])}. "
+    )
+    seed = best["seed"] or seed_best()
+    seed_auc = seed["figures"]["auc"]
+    which = "for this model" if best["seed"] else f"for its best model, {seed['name']},"
+    text += f"The seed reports AUC {seed_auc:.3f} {which} under its leaky protocol"
+    if auc["estimate"] is None:
+        text += "; our AUC is undefined (one class in the test set)."
+    else:
+        inside = auc["low"] <= seed_auc <= auc["high"]
+        text += (
+            f": ours is {auc['estimate'] - seed_auc:+.3f}, and the seed's figure lies "
+            f"{'inside' if inside else 'outside'} our interval."
+        )
+    return {
+        "best_model": best["model"],
+        "auc": auc["estimate"],
+        "auc_low": auc["low"],
+        "auc_high": auc["high"],
+        "protocol": protocol,
+        "seed_model": seed["name"],
+        "seed_auc": seed_auc,
+        "text": text,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def _data(run: Run) -> dict:
+    data = run.config["data"]
+    meta = {k: v for k, v in data["meta"].items() if k != "files"}
+    manifest = resolve(run.tensors_url).join("manifest.json")
+    return {
+        "fingerprint": data["fingerprint"],
+        "tensors_url": run.tensors_url,
+        "reused": data.get("reused"),
+        "meta": meta,
+        "augmentation": meta.get("config", {}).get("augment"),
+        "manifest": _manifest_summary(manifest.read_json()) if manifest.exists() else None,
+    }
+
+
+def _manifest_summary(raw: dict) -> dict:
+    """``Manifest.summary()`` of a manifest.json: counts, quarantine, duplicate groups."""
+    manifest = Manifest(
+        root=raw["root"],
+        records=[Record(**r) for r in raw["records"]],
+        skipped=[tuple(s) for s in raw["skipped"]],
+        near_distance=raw["near_distance"],
+        exact_pairs=[tuple(p) for p in raw["exact_pairs"]],
+        near_pairs=[tuple(p) for p in raw["near_pairs"]],
+        fingerprint=raw["fingerprint"],
+        seconds=raw["seconds"],
+    )
+    return manifest.summary()
+
+
+def _run(run: Run) -> dict:
+    info = run.info
+    return {
+        "run_id": run.run_id,
+        "url": run.loc.url,
+        "protocol": run.params["protocol"],
+        "started": info.get("started"),
+        "finished": (run.completed or {}).get("finished"),
+        "rendered": datetime.now(UTC).isoformat(),
+        "stages": info.get("stages", {}),
+        "versions": info.get("versions"),
+        "hardware": info.get("hardware"),
+        "params": run.params,
+    }
+
+
+def _plots(models: list[dict]) -> dict[str, str]:
+    ensembles = [{"name": m["model"], **m["ensemble"]} for m in models]
+    named = [{"name": m["model"], **m} for m in models]
+    return {
+        "roc": plots.roc_curves(ensembles),
+        "calibration": plots.calibration(ensembles),
+        "confusion": plots.confusion_matrices(named),
+        "learning": plots.learning_curves(named),
+    }

@@ -1,0 +1,132 @@
+"""Load what a run wrote (config, sweep, results, run info, per-image test predictions) and find
+its sibling runs under the other protocol, for the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from braintl.data.tensors import TensorSet
+from braintl.errors import UserError
+from braintl.storage import COMPLETE_MARKER, Location, resolve
+
+# Parameters that may differ between two runs the leakage audit compares: the protocol itself,
+# and what only changes where or whether a run happens.
+AUDIT_IGNORES = {"protocol", "force", "ray_address", "cpus_per_fold", "gpus_per_fold"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's documents, as written by the retrain flow."""
+
+    loc: Location
+    config: dict
+    sweep: dict
+    results: dict
+    info: dict
+    completed: dict | None
+
+    @property
+    def run_id(self) -> str:
+        return self.config["run_id"]
+
+    @property
+    def params(self) -> dict:
+        return self.config["params"]
+
+    @property
+    def tensors_url(self) -> str:
+        return self.config["data"]["tensors_url"]
+
+
+@dataclass(frozen=True)
+class FoldPredictions:
+    """One model's k fold models on the held-out test set: ``probs`` k×N, one threshold each."""
+
+    index: np.ndarray
+    y: np.ndarray
+    probs: np.ndarray
+    thresholds: np.ndarray
+    folds: list[int]
+
+    @property
+    def mean_prob(self) -> np.ndarray:
+        """The fold-averaged tumor probability per image (the k fold models as one ensemble)."""
+        return self.probs.mean(axis=0)
+
+
+def _read(loc: Location, name: str, required: bool = True) -> dict | None:
+    target = loc.join(name)
+    if not target.exists():
+        if not required:
+            return None
+        raise UserError(
+            f"{target.url} not found: {loc.url} is not a finished retrain run (it needs "
+            "config.json, results.json and run.json). Pass a run folder, OUT_URL/runs/<run_id>."
+        )
+    return target.read_json()
+
+
+def load_run(run_url: str) -> Run:
+    """The documents of the run at ``run_url`` (``OUT_URL/runs/<run_id>``)."""
+    loc = resolve(run_url)
+    return Run(
+        loc=loc,
+        config=_read(loc, "config.json"),
+        sweep=_read(loc, "sweep.json", required=False) or {},
+        results=_read(loc, "results.json"),
+        info=_read(loc, "run.json"),
+        completed=_read(loc, COMPLETE_MARKER, required=False),
+    )
+
+
+def fold_predictions(results: dict, labels: np.ndarray) -> dict[str, FoldPredictions]:
+    """Per model, its fold models' test probabilities (read from each fold's metrics.json)."""
+    out = {}
+    for model in results["models"]:
+        index, probs, thresholds = None, [], []
+        for fold in model["runs"]:
+            predictions = resolve(fold["metrics_url"]).read_json()["evaluation"]["predictions"]
+            fold_index = np.asarray(predictions["test"]["index"], dtype=np.int64)
+            if index is not None and not np.array_equal(index, fold_index):
+                raise ValueError(f"{model['model']}: fold models were tested on different images")
+            index = fold_index
+            probs.append(predictions["test"]["prob"])
+            thresholds.append(fold["threshold"])
+        out[model["model"]] = FoldPredictions(
+            index=index,
+            y=labels[index],
+            probs=np.asarray(probs, dtype=np.float64),
+            thresholds=np.asarray(thresholds, dtype=np.float64),
+            folds=[fold["fold"] for fold in model["runs"]],
+        )
+    return out
+
+
+def load_tensors(run: Run) -> TensorSet:
+    return TensorSet.load(run.tensors_url)
+
+
+def sibling_runs(run: Run) -> list[Run]:
+    """The newest complete run per other protocol under the same ``OUT_URL/runs/`` whose
+    parameters and data fingerprint equal this run's but for the protocol."""
+    runs_dir = resolve(run.loc.url.rstrip("/").rsplit("/", 1)[0])
+    mine = _comparable(run.config)
+    newest: dict[str, Run] = {}
+    for path in sorted(runs_dir.fs.ls(runs_dir.path, detail=False)):
+        loc = runs_dir.join(path.rstrip("/").rsplit("/", 1)[-1])
+        if loc.path == run.loc.path or not loc.is_complete():
+            continue
+        config = _read(loc, "config.json", required=False)
+        if not config or _comparable(config) != mine:
+            continue
+        protocol = config["params"]["protocol"]
+        if protocol != run.params["protocol"]:
+            newest[protocol] = load_run(loc.url)  # sorted by run id, which starts with its time
+    return list(newest.values())
+
+
+def _comparable(config: dict) -> tuple:
+    params = {k: v for k, v in config["params"].items() if k not in AUDIT_IGNORES}
+    return (config["data"].get("fingerprint"), sorted(params.items(), key=lambda kv: kv[0]))
