@@ -310,3 +310,23 @@ def delong_test(y_true, prob_a, prob_b) -> dict[str, float]:
     z = (auc_a - auc_b) / se if se > 0 else math.nan
     p = math.erfc(abs(z) / math.sqrt(2)) if se > 0 else (1.0 if auc_a == auc_b else math.nan)
     return {"auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b, "se": se, "z": z, "p": p}
+
+
+def reliability_bins(y_true, prob, n_bins: int = ECE_BINS) -> list[dict]:
+    """The reliability diagram behind :func:`expected_calibration_error`: per non-empty bin,
+    its range, image count, mean predicted probability and observed share of tumors."""
+    y, p = _check(y_true, prob)
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    out = []
+    for k in np.unique(bins):
+        inside = bins == k
+        out.append(
+            {
+                "low": k / n_bins,
+                "high": (k + 1) / n_bins,
+                "n": int(inside.sum()),
+                "mean_prob": float(p[inside].mean()),
+                "observed": float(y[inside].mean()),
+            }
+        )
+    return out
