@@ -2,7 +2,8 @@
 
 Everything goes through storage URLs, so the same call runs in-process, as a Ray task on a
 cluster worker (:func:`train_fold_on_ray`) or inside a Prefect task, and returns only a small
-JSON record; model and full metrics (with per-image predictions) stay in storage.
+JSON record; model and full metrics (with per-image predictions) stay in storage. Ray is
+imported only to run a fold on Ray, so :func:`train_fold` works where Ray is not installed.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 import io
 import time
 
-import ray
 import torch
 
 from braintl.data.tensors import TensorSet
 from braintl.metrics import json_safe
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
-from braintl.tuning import ensure_ray, threads_for
 
 
 def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
@@ -85,6 +84,10 @@ def train_fold_on_ray(
 ) -> dict:
     """:func:`train_fold` as a Ray task holding ``num_cpus``/``num_gpus`` (fractions allowed),
     so Ray places it on a worker with those resources free; blocks until it finished."""
+    import ray
+
+    from braintl.tuning import ensure_ray, threads_for
+
     ensure_ray(ray_address)
     config = {**config, "num_threads": threads_for(num_cpus)}  # this task's CPUs, not the sweep's
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(train_fold)
