@@ -53,6 +53,9 @@ class SweepConfig(BaseModel):
     time_budget_s: float | None = Field(None, gt=0, description="None: no limit")
     cpus_per_trial: float = Field(1, gt=0, description="fractions allowed")
     gpus_per_trial: float = Field(0, ge=0, description="fractions share one GPU between trials")
+    max_failures: int = Field(
+        2, ge=0, description="restarts of a failed trial (a lost worker), from its checkpoint"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> SweepConfig:
@@ -243,6 +246,9 @@ def run_sweep(
                 storage_path=storage_path,
                 storage_filesystem=filesystem,
                 verbose=0,
+                # A trial whose worker dies (preemption, OOM kill) restarts; its per-epoch
+                # checkpoint is keyed by trial id, so it continues after its last epoch.
+                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 callbacks=[_TrialsEnded(len(pairs) * sweep.num_samples, on_trial_end)]
                 if on_trial_end
                 else None,
