@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from braintl.commands import data, run, train
+from braintl.commands import data, predict, report, run, train
 from braintl.errors import UserError
 
-COMMANDS = (data, train, run)
+COMMANDS = (data, train, run, predict, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

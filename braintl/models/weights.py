@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlparse
 
+import safetensors.torch
 import torch
 
 from braintl.errors import UserError
@@ -65,7 +66,8 @@ def fetch_imagenet(
 
 
 def read_state_dict(url: str) -> dict[str, torch.Tensor]:
-    """Read a state dict saved with ``torch.save`` from any storage URL (tensors only)."""
+    """Read a state dict saved with ``torch.save`` or, for a ``.safetensors`` URL (what a
+    published model holds), with safetensors, from any storage URL (tensors only)."""
     try:
         data = resolve(url).read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -73,6 +75,14 @@ def read_state_dict(url: str) -> dict[str, torch.Tensor]:
             f"weights {url!r}: no such file; weights must be 'imagenet', 'none' or a URL "
             "(local path, file://, s3://) of a state dict saved with torch.save"
         ) from None
+    if url.endswith(".safetensors"):
+        try:
+            return dict(safetensors.torch.load(data))
+        except Exception as exc:  # safetensors raises its own error type and others
+            raise WeightsError(
+                f"weights {url}: not a safetensors file ({_one_line(exc)}); write one with "
+                "safetensors.torch.save_file(model.state_dict(), path)"
+            ) from exc
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means the same thing to the user

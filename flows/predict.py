@@ -1,0 +1,34 @@
+"""The predict flow: score a folder of scans in the bucket with a published model.
+
+The CSV (one row per image: probability, label at the model's threshold, or why the image
+could not be read) goes next to the folder unless ``csv_url`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from braintl.predict import predictions_url
+from tasks.model import resolve_model, score_images
+
+
+@flow(name="predict", log_prints=True)
+def predict(
+    data_url: str,
+    model: str = "latest",
+    out_url: str = "braintl-runs",
+    csv_url: str | None = None,
+) -> dict:
+    """Score every image under ``data_url``.
+
+    ``model``: ``latest`` (the model ``out_url/latest.json`` names, ``out_url`` being the
+    retrain flow's output), a run URL or a model URL. ``csv_url``: default
+    ``<data_url>.predictions.csv``, beside the folder.
+    """
+    model_url = resolve_model(model, out_url)
+    summary = score_images(model_url, data_url, csv_url or predictions_url(data_url))
+    print(
+        f"{summary['scored']} scored ({summary['tumor']} tumor), {summary['unreadable']} "
+        f"unreadable: {summary['csv']}"
+    )
+    return summary

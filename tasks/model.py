@@ -1,0 +1,64 @@
+"""Model stages: publish a run's best model, resolve a warm start, score images with a model."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from braintl import predict, publish
+from braintl.storage import resolve
+from tasks.data import STORAGE_RETRIES
+
+
+@task(name="publish-model", **STORAGE_RETRIES)
+def publish_model(run_url: str) -> dict[str, str]:
+    """Package the run's best model (weights, preprocessing, threshold, card) under ``model/``;
+    a link to its card becomes an artifact."""
+    urls = publish.publish_model(run_url)
+    create_markdown_artifact(
+        resolve(urls["card"]).read_bytes().decode(),
+        key="published-model",
+        description=f"model card, {urls['model']}",
+    )
+    return urls
+
+
+@task(name="warm-start", **STORAGE_RETRIES)
+def warm_start(weights: str, out_url: str) -> dict | None:
+    """``previous`` or a published model URL → the backbone weights a warm start loads."""
+    return publish.warm_start(weights, out_url)
+
+
+@task(name="resolve-model", **STORAGE_RETRIES)
+def resolve_model(spec: str, out_url: str) -> str:
+    """``latest``, a run URL or a model URL → the published model's URL."""
+    return publish.resolve_model_url(spec, out_url)
+
+
+@task(name="score-images", **STORAGE_RETRIES)
+def score_images(model_url: str, data_url: str, csv_url: str) -> dict:
+    """Score every image under ``data_url`` and write the CSV; returns counts and URLs, and
+    leaves the unreadable files as an artifact."""
+    published = publish.load_model(model_url)
+    result = predict.predict(published, predict.find_images([data_url]))
+    target = resolve(csv_url)
+    target.write_bytes(result.to_csv().encode())
+    tumor = sum(row.label == publish.POSITIVE_LABEL for row in result.rows)
+    lines = [
+        f"# Predictions for `{data_url}`",
+        "",
+        f"Model `{model_url}`, tumor when probability >= {result.threshold:.4f}.",
+        "",
+        f"{len(result.rows)} scored ({tumor} tumor), {len(result.unreadable)} unreadable. "
+        f"CSV: `{target.url}`",
+    ]
+    lines += [f"- unreadable `{u.file}`: {u.reason}: {u.detail}" for u in result.unreadable]
+    create_markdown_artifact("\n".join(lines), key="predictions", description=target.url)
+    return {
+        "model": model_url,
+        "data_url": data_url,
+        "csv": target.url,
+        "scored": len(result.rows),
+        "tumor": tumor,
+        "unreadable": len(result.unreadable),
+    }
