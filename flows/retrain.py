@@ -23,14 +23,19 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from braintl.data.prepare import DataConfig
+from braintl.limits import gpu_request_problem, local_gpus
+from braintl.models import STRATEGIES as MODEL_STRATEGIES
+from braintl.models import list_models
 from braintl.models.registry import get_entry
 from braintl.results import METRICS, to_markdown
 from braintl.runinfo import environment
 from braintl.storage import resolve
 from braintl.tuning import SweepConfig
+from braintl.urls import credentials_problem, inside_problem
 from tasks.data import data_source, prepare_data, snapshot
 from tasks.model import publish_model, warm_start
 from tasks.results import (
@@ -124,6 +129,48 @@ class RetrainParams(BaseModel):
         return {**preset, **data, "sweep": {**preset["sweep"], **given_sweep}}
 
     def pairs(self) -> list[tuple[str, str]]:
+    # Bad values are refused here, before any work, with the field named: the Prefect form
+    # and `braintl run` both build this model.
+    @field_validator("backbones", "strategies")
+    @classmethod
+    def _known_names(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        known = list_models() if info.field_name == "backbones" else list(MODEL_STRATEGIES)
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
+            raise _bad(f"{what}; choose from {', '.join(known)}")
+        return names
+
+    @field_validator("data_url", "out_url", "weights")
+    @classmethod
+    def _no_credentials(cls, url: str | None, info: ValidationInfo) -> str | None:
+        problem = credentials_problem(info.field_name, url)
+        if problem:
+            raise _bad(problem)
+        return url
+
+    @field_validator("out_url")
+    @classmethod
+    def _out_outside_data(cls, out_url: str, info: ValidationInfo) -> str:
+        problem = inside_problem("out_url", out_url, "data_url", info.data.get("data_url"))
+        if problem:
+            raise _bad(problem)
+        return out_url
+
+    @model_validator(mode="after")
+    def _gpus_fit_one_node(self) -> RetrainParams:
+        """See :func:`braintl.limits.gpu_request_problem`: with local Ray, one node is this
+        machine; with ``ray_address`` only the form of the request is checked."""
+        requests = {
+            "sweep.gpus_per_trial": self.sweep.gpus_per_trial,
+            "gpus_per_fold": self.gpus_per_fold,
+        }
+        per_node = None if self.ray_address or not any(requests.values()) else local_gpus()
+        problems = [gpu_request_problem(name, gpus, per_node) for name, gpus in requests.items()]
+        if any(problems):
+            raise _bad(" ".join(p for p in problems if p))
+        return self
+
         """(backbone, strategy) pairs to train; the scratch CNN has no frozen part."""
         pairs = []
         for backbone in self.backbones:
@@ -172,6 +219,11 @@ class RetrainParams(BaseModel):
 
 
 def new_run_id() -> str:
+def _bad(problem: str) -> PydanticCustomError:
+    """A validation error whose message is ``problem`` as written (no "Value error, ")."""
+    return PydanticCustomError("bad_parameter", "{problem}", {"problem": problem})
+
+
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 

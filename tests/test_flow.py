@@ -121,11 +121,13 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
 
 
 def test_run_options_override_the_profile():
-    args = build_parser().parse_args(["run", "--profile", "paper", "--epochs", "2"])
+    cluster = ["--ray-address", "ray://head:10001"]  # paper asks for GPUs: none here
+    args = build_parser().parse_args(["run", "--profile", "paper", "--epochs", "2", *cluster])
     params = RetrainParams(**params_from_args(args))
     assert (params.epochs, params.image_size, params.weights) == (2, 224, "imagenet")
     assert params.sweep.gpus_per_trial == 0.25
     quick = RetrainParams(**params_from_args(build_parser().parse_args(["run"])))
     assert (quick.weights, quick.folds, quick.data_url) == ("none", 3, None)
     assert quick.pairs()[-1] == ("scratch_cnn", "full") and len(quick.pairs()) == 9
-    assert RetrainParams(profile="paper").sweep_groups()["none"] == [("scratch_cnn", "full")]
+    paper = RetrainParams(profile="paper", ray_address=cluster[1])
+    assert paper.sweep_groups()["none"] == [("scratch_cnn", "full")]

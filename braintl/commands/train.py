@@ -26,6 +26,7 @@ from braintl.metrics import json_safe
 from braintl.models import HEADS, STRATEGIES, list_models
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
+from braintl.urls import check_locations
 
 SCORES = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "brier", "ece")
 
@@ -82,6 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if not 0 <= args.fold < args.folds:
         raise UserError(f"--fold {args.fold}: choose 0..{args.folds - 1} (there are --folds)")
+    check_locations(("--data", args.data), {"--out": args.out, "--cache": args.cache})
     log = sys.stderr if args.json else sys.stdout
     data_url = data_or_phantoms(args.data, args.out, log)
     start = time.perf_counter()

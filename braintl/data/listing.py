@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from braintl.errors import UserError
 from braintl.storage import Location, StorageError, resolve
+from braintl.urls import credentials_problem
 
 DEFAULT_LABEL_MAP: dict[str, str] = {"yes": "tumor", "no": "no_tumor"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff")
@@ -48,6 +49,9 @@ def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listi
     folder is not in the label map, or fewer than two labels have images.
     """
     label_map = dict(DEFAULT_LABEL_MAP if label_map is None else label_map)
+    problem = credentials_problem("DATA_URL", data_url)
+    if problem:
+        raise UserError(f"{problem}.")
     root = resolve(data_url)
     folders, outside = _label_folders(root)
     unknown = sorted(set(folders) - set(label_map))
