@@ -128,7 +128,6 @@ class RetrainParams(BaseModel):
             given_sweep = given_sweep.model_dump(include=given_sweep.model_fields_set)
         return {**preset, **data, "sweep": {**preset["sweep"], **given_sweep}}
 
-    def pairs(self) -> list[tuple[str, str]]:
     # Bad values are refused here, before any work, with the field named: the Prefect form
     # and `braintl run` both build this model.
     @field_validator("backbones", "strategies")
@@ -171,6 +170,7 @@ class RetrainParams(BaseModel):
             raise _bad(" ".join(p for p in problems if p))
         return self
 
+    def pairs(self) -> list[tuple[str, str]]:
         """(backbone, strategy) pairs to train; the scratch CNN has no frozen part."""
         pairs = []
         for backbone in self.backbones:
@@ -218,12 +218,12 @@ class RetrainParams(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def new_run_id() -> str:
 def _bad(problem: str) -> PydanticCustomError:
     """A validation error whose message is ``problem`` as written (no "Value error, ")."""
     return PydanticCustomError("bad_parameter", "{problem}", {"problem": problem})
 
 
+def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
