@@ -68,6 +68,12 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-pixels", type=int, default=64_000_000, help="larger images are quarantined"
     )
+    p.add_argument("--max-images", type=int, default=100_000, help="more files fail at once")
+    p.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        help="memory the tensors may take while preparing (default: half this machine's RAM)",
+    )
     p.add_argument(
         "--near-distance",
         type=int,
@@ -98,6 +104,8 @@ def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
         "min_side": args.min_side,
         "max_pixels": args.max_pixels,
         "near_distance": args.near_distance,
+        "max_images": args.max_images,
+        "memory_budget_gb": args.memory_budget_gb,
     }
     for name in ("protocol", "folds", "test_fraction", "seed"):
         if hasattr(args, name):

@@ -27,9 +27,12 @@ from braintl.data.preprocess import PreprocessConfig, preprocess
 from braintl.data.splits import PROTOCOLS, leakage, make_split
 from braintl.data.tensors import Split, TensorSet
 from braintl.errors import UserError
+from braintl.limits import check_data_size
 from braintl.storage import Location, resolve
 
 CACHE_VERSION = 1
+# Settings that only let a build go ahead or stop it: they never change the tensors.
+GUARDS = {"max_images", "memory_budget_gb"}
 
 
 class DataConfig(BaseModel):
@@ -44,6 +47,10 @@ class DataConfig(BaseModel):
     near_distance: int = Field(
         DEFAULT_NEAR_DISTANCE, ge=-1, le=256, description="perceptual-hash bits; -1 = off"
     )
+    max_images: int = Field(100_000, ge=2, description="more listed files fail before decoding")
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="tensors allowed while preparing; None: half this machine's RAM"
+    )
     protocol: str = Field("groups", pattern="^(" + "|".join(PROTOCOLS) + ")$")
     folds: int = Field(5, ge=1, le=20)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
@@ -52,7 +59,7 @@ class DataConfig(BaseModel):
     augment: AugmentConfig = AugmentConfig()
 
     def cache_key(self, fingerprint: str) -> str:
-        settings = self.model_dump(exclude={"label_map"})
+        settings = self.model_dump(exclude={"label_map", *GUARDS})
         blob = json.dumps({"v": CACHE_VERSION, "data": fingerprint, **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -69,6 +76,15 @@ class Prepared:
 def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np.ndarray]]:
     """The manifest, and the preprocessed pixels of every usable image by record index."""
     listing = list_images(data_url, config.label_map)
+    augment_ratio = config.augment.target_ratio if config.augment.enabled else 1.0
+    check_data_size(
+        len(listing.images),
+        config.preprocess.image_size,
+        augment_ratio,
+        config.max_images,
+        config.memory_budget_gb,
+        listing.root,
+    )
     pixels: dict[int, np.ndarray] = {}
 
     def keep(index: int, decoded: Decoded) -> None:
