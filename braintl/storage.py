@@ -114,6 +114,16 @@ class Location:
         self.join(COMPLETE_MARKER).write_json(info or {})
 
 
+def _s3_connection_errors() -> tuple[type[Exception], ...]:
+    """botocore's "endpoint unreachable" errors, which are no OSError (s3fs passes them on)."""
+    try:
+        from botocore.exceptions import ConnectionError as EndpointError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:
+        return ()
+    return (EndpointError, HTTPClientError)
+
+
 def _guard(url: str, func, *args):
     try:
         return func(*args)
@@ -124,7 +134,7 @@ def _guard(url: str, func, *args):
             f"{url}: permission denied ({exc}). Check the credentials in AWS_ACCESS_KEY_ID / "
             "AWS_SECRET_ACCESS_KEY or the file permissions."
         ) from exc
-    except (OSError, ConnectionError) as exc:
+    except (OSError, ConnectionError, *_s3_connection_errors()) as exc:
         raise StorageError(
             f"{url}: storage unreachable ({type(exc).__name__}: {exc}). Check that the server is "
             "running and that AWS_ENDPOINT_URL points at it."
