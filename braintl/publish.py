@@ -372,7 +372,11 @@ def _intervals_text(intervals: dict | None) -> str:
             "Confidence intervals: missing. This run has no report with bootstrap intervals "
             "(report/report.json); the scores above are point estimates over few images."
         )
-    rows = ["Test-set 95 % bootstrap intervals (from the run's report):", ""]
+    rows = [
+        "Test-set 95 % bootstrap intervals of this configuration (its fold models' mean, from "
+        "the run's report):",
+        "",
+    ]
     for metric, value in intervals["test_bootstrap"].items():
         if isinstance(value, dict) and value.get("estimate") is not None:
             rows.append(

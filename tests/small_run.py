@@ -1,0 +1,58 @@
+"""One small retrain run on phantoms, shared by the model tests (publish, predict, warm start,
+predict flow): the real flow under a temporary Prefect server with real local Ray, run once per
+test session whichever of those modules asks first (each module's fixture calls
+:func:`small_run`, which remembers its run; a fixture defined here would run once per module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ray
+from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from braintl.data.phantoms import write_phantom_dataset
+
+
+@dataclass(frozen=True)
+class SmallRun:
+    data: Path  # phantoms: yes/ and no/, 16 each, 48 px
+    out: Path  # the flow's out_url: runs/, cache/, latest.json
+    record: dict  # what the flow returned (and latest.json holds)
+
+
+_done: list[SmallRun] = []
+
+
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
+    if _done:
+        return _done[0]
+    root = tmp_path_factory.mktemp("small-run")
+    data = root / "data"
+    write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=48, seed=0)
+    home = root / "prefect"
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    from flows.retrain import RetrainParams, retrain
+
+    params = RetrainParams(
+        profile="quick",
+        data_url=str(data),
+        out_url=str(root / "out"),
+        backbones=["scratch_cnn"],
+        image_size=32,
+        epochs=2,
+        folds=2,
+        test_fraction=0.25,
+        sweep={"num_samples": 1},
+    )
+    ray.shutdown()
+    try:
+        with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+            state = retrain(params, return_state=True)
+    finally:
+        ray.shutdown()
+    assert state.is_completed(), state.message
+    _done.append(SmallRun(data, root / "out", state.result()))
+    return _done[0]

@@ -1,0 +1,111 @@
+"""`braintl predict`: the run's own evaluation reproduced from the image files, unreadable files
+reported, ``--model latest`` through latest.json, Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from small_run import small_run
+
+from braintl.cli import main
+from braintl.publish import load_model
+from braintl.storage import resolve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    return small_run(tmp_path_factory)
+
+
+def _predict_json(capsys, *argv: str) -> dict:
+    assert main(["predict", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_predict_gives_the_probabilities_of_the_runs_evaluation(retrained, capsys):
+    """Every validation and test image of the published fold, scored from its file, gets the
+    probability the run's evaluation computed from the tensor cache."""
+    info = load_model(retrained.record["model"]).info
+    evaluation = resolve(info["source"]["metrics_url"]).read_json()["evaluation"]["predictions"]
+    files = resolve(info["data"]["tensors_url"]).join("meta.json").read_json()["files"]
+    expected = {}
+    for part in ("val", "test"):
+        for index, prob in zip(evaluation[part]["index"], evaluation[part]["prob"], strict=True):
+            expected[str(retrained.data / files[index])] = prob
+    assert len(expected) == 20  # 12 validation + 8 test images
+    out = _predict_json(capsys, *expected, "--model", retrained.record["run_url"])
+    assert out["model"] == retrained.record["model"]
+    assert out["unreadable"] == []
+    got = {row["file"]: row["probability"] for row in out["predictions"]}
+    assert got.keys() == expected.keys()
+    for file, prob in expected.items():
+        assert got[file] == pytest.approx(prob, abs=1e-5)
+    for row in out["predictions"]:
+        assert row["label"] == ("tumor" if row["probability"] >= out["threshold"] else "no_tumor")
+
+
+def test_unreadable_images_are_listed_with_their_reason_and_the_rest_scored(
+    retrained, tmp_path, capsys
+):
+    scans = tmp_path / "scans"
+    (scans / "nested").mkdir(parents=True)
+    good = sorted((retrained.data / "yes").iterdir())[:2]
+    for path in good:
+        shutil.copy(path, scans / "nested" / path.name)
+    (scans / "empty.jpg").write_bytes(b"")
+    (scans / "notes.png").write_text("not an image")
+    (scans / "cut.png").write_bytes(good[0].read_bytes()[:200])
+    (scans / "readme.txt").write_text("ignored: not an image extension")
+    out_csv = tmp_path / "results.csv"
+    code = main(["predict", str(scans), "--runs", str(retrained.out), "--out", str(out_csv)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "2 scored, 3 unreadable" in printed
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert len(rows) == 5
+    errors = {row["file"].rsplit("/", 1)[-1]: row["error"].split(":")[0] for row in rows}
+    assert errors == {
+        good[0].name: "",
+        good[1].name: "",
+        "empty.jpg": "empty",
+        "notes.png": "not_an_image",
+        "cut.png": "corrupt",
+    }
+    for row in rows[:2]:
+        assert 0.0 <= float(row["probability"]) <= 1.0 and row["label"] in ("tumor", "no_tumor")
+
+
+def test_model_latest_resolves_through_latest_json(retrained, tmp_path, capsys):
+    image = str(sorted((retrained.data / "no").iterdir())[0])
+    out = _predict_json(capsys, image, "--runs", str(retrained.out))
+    latest = resolve(retrained.out).join("latest.json").read_json()
+    assert out["model"] == latest["model"] == retrained.record["model"]
+
+    older = tmp_path / "older"
+    resolve(str(older)).join("latest.json").write_json(
+        {k: v for k, v in latest.items() if k != "model"}
+    )
+    assert main(["predict", image, "--runs", str(older)]) == 2
+    assert "published no model" in capsys.readouterr().err
+    assert main(["predict", image, "--runs", str(tmp_path / "nothing")]) == 2
+    assert "no completed run yet" in capsys.readouterr().err
+
+
+def test_gradcam_writes_one_overlay_per_scored_image(retrained, tmp_path, capsys):
+    images = [str(p) for p in sorted((retrained.data / "yes").iterdir())[:3]]
+    out = _predict_json(
+        capsys, *images, "--runs", str(retrained.out), "--gradcam", str(tmp_path / "cam")
+    )
+    assert sorted(out["gradcam"]) == sorted(images)
+    for url in out["gradcam"].values():
+        with Image.open(url) as overlay:
+            assert overlay.format == "PNG" and overlay.size == (32, 32)
+            assert np.asarray(overlay).std() > 0

@@ -1,0 +1,65 @@
+"""The predict flow scores a folder in a real S3-compatible server (moto) with the latest model
+published there, and writes the CSV beside the folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+from small_run import small_run
+
+from braintl.predict import predict as predict_images
+from braintl.publish import load_model
+from braintl.storage import resolve
+from flows.predict import predict
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    return small_run(tmp_path_factory)
+
+
+def test_predict_flow_scores_a_bucket_folder_with_the_latest_model(retrained, s3_bucket, tmp_path):
+    bucket = resolve(s3_bucket)
+    model = bucket.join("braintl", "runs", retrained.record["run_id"], "model")
+    model.fs.put(retrained.record["model"] + "/", model.path, recursive=True)
+    latest = {**retrained.record, "model": model.url}
+    bucket.join("braintl", "latest.json").write_json(latest)
+    scans = (
+        sorted((retrained.data / "yes").iterdir())[:2]
+        + sorted((retrained.data / "no").iterdir())[:2]
+    )
+    for path in scans:
+        bucket.join("incoming", "batch-1", path.name).write_bytes(path.read_bytes())
+    bucket.join("incoming", "batch-1", "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+
+    home = tmp_path / "prefect"
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+        state = predict(
+            data_url=bucket.join("incoming", "batch-1").url,
+            out_url=bucket.join("braintl").url,
+            return_state=True,
+        )
+    assert state.is_completed(), state.message
+    summary = state.result()
+    csv_loc = bucket.join("incoming", "batch-1.predictions.csv")
+    assert summary["csv"] == csv_loc.url
+    assert (summary["model"], summary["scored"], summary["unreadable"]) == (model.url, 4, 1)
+
+    rows = {
+        r["file"].rsplit("/", 1)[-1]: r
+        for r in csv.DictReader(io.StringIO(csv_loc.read_bytes().decode()))
+    }
+    broken = rows["broken.jpg"]
+    assert broken["probability"] == "" and broken["error"].startswith("not_an_image: ")
+    local = predict_images(load_model(retrained.record["model"]), [str(p) for p in scans])
+    for expected in local.rows:
+        row = rows[expected.file.rsplit("/", 1)[-1]]
+        assert float(row["probability"]) == pytest.approx(expected.probability, abs=1e-6)
+        assert row["label"] == expected.label
