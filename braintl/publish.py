@@ -155,18 +155,12 @@ def _build(train_config: dict, image_size: int) -> BrainTLModel:
 
 
 def _intervals(report: dict | None, model: str) -> dict | None:
-    """This model's test bootstrap intervals from the run's report (``models`` a list of
-    entries naming their ``model``, or a mapping by model name); None without a report."""
+    """This model's test bootstrap intervals and the summary from the run's report (its
+    ``models`` entries name their ``model``); None without a report."""
     if report is None:
         return None
-    models = report.get("models") or []
-    entries = models.values() if isinstance(models, dict) else models
-    found = models.get(model) if isinstance(models, dict) else None
-    found = found or next((e for e in entries if e.get("model") == model), None)
-    return {
-        "summary": report.get("summary"),
-        "test_bootstrap": (found or {}).get("test_bootstrap"),
-    }
+    found = next((e for e in report.get("models", []) if e.get("model") == model), {})
+    return {"summary": report.get("summary"), "test_bootstrap": found.get("test_bootstrap")}
 
 
 def load_model(model_url: str) -> PublishedModel:
