@@ -28,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from braintl.data.tensors import TensorSet
+from braintl.errors import UserError
 from braintl.metrics import json_safe
 from braintl.storage import resolve
 from braintl.training import TrainConfig, train
@@ -92,7 +93,16 @@ def ensure_ray(address: str | None = None) -> None:
     options = {"log_to_driver": False, "logging_level": logging.WARNING}
     if not address:
         options |= {"num_cpus": os.cpu_count(), "include_dashboard": False}
-    ray.init(address=address or None, ignore_reinit_error=True, **options)
+        ray.init(ignore_reinit_error=True, **options)
+        return
+    try:
+        ray.init(address=address, ignore_reinit_error=True, **options)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as error:
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address} ({error}): check ray_address; a "
+            "cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN (`ray get-auth-token` on its head) in this process's environment"
+        ) from error
 
 
 @functools.lru_cache(maxsize=2)
