@@ -5,6 +5,7 @@ pool. The tests share one of each (see the ``prefect_stack`` fixture) so CI star
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -84,7 +85,7 @@ class PrefectStack:
     api_url: str
     ui_url: str
     out_url: str
-    env: dict[str, str]
+    ray_token: str
     logs: Path
 
 
@@ -106,6 +107,7 @@ def start_prefect_stack(home: Path, s3_endpoint: str):
     bucket = f"braintl-deploy-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
     out_url = f"s3://{bucket}"
+    ray_token = secrets.token_hex(32)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     logs = home / "logs"
@@ -145,7 +147,14 @@ def start_prefect_stack(home: Path, s3_endpoint: str):
         _prefect("work-pool", "create", POOL, "--type", "process", env=env)
         names = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
         _prefect("deploy", *names, "--prefect-file", str(PREFECT_FILE), env=env)
-        worker_env = {**env, "BRAINTL_HOME": str(REPO)}  # with the AWS_* variables of the S3 server
+        # The AWS_* variables of the S3 server come with os.environ; the Ray token is the one a
+        # cluster started by the tests accepts (tests/test_ray_cluster.py).
+        worker_env = {
+            **env,
+            "BRAINTL_HOME": str(REPO),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": ray_token,
+        }
         with (logs / "worker.log").open("w") as out:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
@@ -154,7 +163,7 @@ def start_prefect_stack(home: Path, s3_endpoint: str):
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        yield PrefectStack(api_url, api_url.removesuffix("/api"), out_url, env, logs)
+        yield PrefectStack(api_url, api_url.removesuffix("/api"), out_url, ray_token, logs)
     finally:
         if worker is not None:
             _stop(worker)

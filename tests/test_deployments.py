@@ -4,8 +4,11 @@ the nightly schedule and concurrency limit read back."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from prefect_services import TIMEZONE, TINY, api_client, wait_for_final_state
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect_services import REPO, TIMEZONE, TINY, api_client, wait_for_final_state
 
 from braintl.storage import resolve
 
@@ -36,3 +39,18 @@ def test_nightly_schedule_and_concurrency_read_back(prefect_stack):
     assert nightly.global_concurrency_limit.limit == 1
     assert nightly.parameters["params"]["out_url"] == prefect_stack.out_url
     assert {"nightly-retrain", "adhoc-retrain", "cluster-sweep"} <= names
+
+
+@pytest.mark.parametrize("kind", ["kubernetes", "docker"])
+def test_gpu_work_pool_templates_are_accepted_by_the_server(prefect_stack, kind):
+    """The server rejects a base job template whose placeholders name undeclared variables;
+    the GPU variables must be declared and reach the job configuration."""
+    template = json.loads((REPO / "deployments" / "work-pools" / f"{kind}.json").read_text())
+    with api_client(prefect_stack.api_url) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name=f"braintl-{kind}", type=kind, base_job_template=template)
+        )
+        pool = client.read_work_pool(f"braintl-{kind}")
+    gpus = {"kubernetes": "gpu_limit", "docker": "gpu_count"}[kind]
+    assert gpus in pool.base_job_template["variables"]["properties"]
+    assert "{{ " + gpus + " }}" in json.dumps(pool.base_job_template["job_configuration"])
