@@ -138,9 +138,9 @@ def test_first_epoch_overhead():
 
 
 def test_compile_records_its_first_epoch_overhead(tensors_url, monkeypatch):
-    """torch.compile through Dynamo and AOTAutograd; inductor's C++ code generation would take
-    minutes on two CPU cores, so this test compiles with the aot_eager backend."""
-    monkeypatch.setattr(device_mod, "COMPILE_BACKEND", "aot_eager")
+    """The loop's torch.compile path (Dynamo tracing the training forward); inductor's C++
+    code generation would take minutes on two CPU cores, so this test uses the eager backend."""
+    monkeypatch.setattr(device_mod, "COMPILE_BACKEND", "eager")
     tensors = TensorSet.load(tensors_url)
     train_idx, val_idx = tensors.fold(0)
     plain = train(tensors, train_idx, val_idx, TrainConfig(**{**TINY, "epochs": 2}))
@@ -171,12 +171,12 @@ def test_gpu_check_tiny_on_cpu(real_data, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--tiny", "--data", str(real_data)]
-        + ["--out", str(out), "--workers", "2"],
+        + ["--out", str(out), "--workers", "1"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
