@@ -38,6 +38,7 @@ from braintl.tuning import SweepConfig
 from braintl.urls import credentials_problem, inside_problem
 from tasks.data import data_source, prepare_data, snapshot
 from tasks.model import publish_model, warm_start
+from tasks.report import render_report
 from tasks.results import (
     aggregate,
     complete_run,
@@ -340,6 +341,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         key="retrain-summary",
         description="results table",
     )
+    report = render_report(run.url)
     model = publish_model(run.url)
     record = {
         "run_id": run_id,
@@ -347,6 +349,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         "run_url": run.url,
         "fingerprint": prepared["fingerprint"],
         "results": urls,
+        "report": report,
         "model": model["model"],
         "finished": datetime.now(UTC).isoformat(),
     }
