@@ -11,13 +11,15 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 import ray
 
 
 class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``; :meth:`cut` makes the endpoint vanish
-    (listener closed, open connections reset), :meth:`restore` brings it back on the same port.
+    (listener closed, open connections reset), :meth:`restore` brings it back on the same port;
+    :meth:`cut_on` does it the moment a client sends a given request.
     """
 
     def __init__(self, target_port: int):
@@ -25,6 +27,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._trigger: tuple[bytes, float | None] | None = None
+        self.times: dict[str, float] = {}
         self.port = self._listen(0)
 
     @property
@@ -54,15 +58,42 @@ class TcpProxy:
             with self._lock:
                 self._open |= {client, upstream}
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(src, dst, src is client), daemon=True
+                ).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
+                if from_client and self._triggered(data):
+                    return
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    def cut_on(self, request: bytes, outage: float | None) -> None:
+        """Cut when a client sends ``request`` (e.g. ``b"PUT /bucket/key"``), which never
+        reaches the server; restore ``outage`` seconds later, or never when None. The moments
+        land in ``times["cut"]`` and ``times["restored"]`` (``time.perf_counter()``)."""
+        self.times = {}
+        self._trigger = (request, outage)
+
+    def _triggered(self, data: bytes) -> bool:
+        with self._lock:
+            trigger = self._trigger
+            if trigger is None or trigger[0] not in data:
+                return False
+            self._trigger = None
+        self.cut()
+        self.times["cut"] = time.perf_counter()
+        if trigger[1] is not None:
+            threading.Timer(trigger[1], self._restore_timed).start()
+        return True
+
+    def _restore_timed(self) -> None:
+        self.restore()
+        self.times["restored"] = time.perf_counter()
 
     def cut(self) -> None:
         """New connections are refused and open ones reset, as when the server dies."""

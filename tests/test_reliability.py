@@ -9,18 +9,33 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import ray
-from faults import actor_pids
+import s3fs
+from faults import TcpProxy, actor_pids
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_LOCAL_STORAGE_PATH,
+    temporary_settings,
+)
+from prefect.testing.utilities import prefect_test_harness
 from ray import tune
 
+from braintl.results import PARTS
 from braintl.storage import resolve
 from braintl.tuning import SweepConfig, run_sweep
+from flows.retrain import RetrainParams, retrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +48,16 @@ def _record(scenario: str, **figures) -> None:
     with (folder / "reliability.jsonl").open("a") as fh:
         fh.write(line + "\n")
     print(line)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A temporary Prefect server for the in-process flows and the ``braintl run`` processes;
+    a generous start-up time, as the machine is busy with Ray and training."""
+    home = tmp_path_factory.mktemp("prefect")
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 def _wait_for(condition, timeout: float, what: str, interval: float = 0.05):
@@ -92,3 +117,193 @@ def test_killed_ray_worker_retries_its_trial_from_the_checkpoint(tensors_url, tm
     for frame in analysis.trial_dataframes.values():  # epoch 1 came from the checkpoint
         assert frame["epoch"].tolist() == list(range(1, epochs + 1))
     _record("worker-loss", outcome="recovered", trials=2, recovery_s=round(recovery, 1))
+
+
+TINY = {
+    "backbones": ["scratch_cnn"],
+    "image_size": 32,
+    "epochs": 2,
+    "folds": 2,
+    "sweep": {"num_samples": 1},
+}
+
+
+# The request that cuts the endpoint: the flow's first write of results.json.
+RESULTS_PUT = b"/results.json HTTP/1.1"
+
+
+def _run_counts(state) -> dict[str, int]:
+    """Task run name (less Prefect's random suffix) → highest number of attempts."""
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=flow_run)
+    counts: dict[str, int] = {}
+    for run in runs:
+        name = run.name.rsplit("-", 1)[0]
+        counts[name] = max(counts.get(name, 0), run.run_count)
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_storage_outage_retries_then_fails_cleanly(s3_server, s3_bucket, monkeypatch):
+    """The S3 endpoint vanishes as the results are written: back after some seconds, the
+    storage tasks retry and the run completes; never back, the run fails naming the problem,
+    ``latest.json`` still names the first run and the failed run has no completion marker."""
+    proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the flow and its Ray workers go through it
+    direct = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True)
+    bucket = s3_bucket.removeprefix("s3://")
+    params = RetrainParams(out_url=s3_bucket, **TINY)
+    ray.shutdown()
+    try:
+        proxy.cut_on(RESULTS_PUT, outage=8)
+        state = retrain(params, return_state=True)
+        finished = time.perf_counter()
+        assert state.is_completed(), state.message
+        first = state.result()
+        assert proxy.times["restored"] - proxy.times["cut"] >= 8
+        retried = {k: n for k, n in _run_counts(state).items() if n > 1}
+        assert retried, "no task met the outage"
+        latest = json.loads(direct.cat_file(f"{bucket}/latest.json"))
+        assert latest["run_id"] == first["run_id"]
+        assert direct.exists(f"{bucket}/runs/{first['run_id']}/_COMPLETE.json")
+        _record(
+            "storage-outage-8s",
+            outcome="recovered",
+            retried_tasks=retried,
+            recovery_s=round(finished - proxy.times["restored"], 1),
+        )
+
+        proxy.cut_on(RESULTS_PUT, outage=None)
+        failed = retrain(params.model_copy(update={"force": True}), return_state=True)
+        gave_up = time.perf_counter() - proxy.times["cut"]
+    finally:
+        proxy.close()
+        ray.shutdown()
+    assert failed.is_failed()
+    assert "storage unreachable" in failed.message and "AWS_ENDPOINT_URL" in failed.message
+    assert json.loads(direct.cat_file(f"{bucket}/latest.json")) == latest
+    runs = {p.rsplit("/", 1)[-1] for p in direct.ls(f"{bucket}/runs")} - {first["run_id"]}
+    assert len(runs) == 1
+    assert not direct.exists(f"{bucket}/runs/{runs.pop()}/_COMPLETE.json")
+    _record("storage-outage-permanent", outcome="failed cleanly", failed_after_s=round(gave_up, 1))
+
+
+# `braintl run` options of the process scenarios: one trial of three epochs, so a kill after
+# the first epoch lands mid-sweep.
+RUN_OPTIONS = (
+    "--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "3", "--folds", "2",
+    "--num-samples", "1", "--json",
+)  # fmt: skip
+
+
+def _start_run(out: Path, home: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """``braintl run`` in its own process group, against the test's Prefect server, with its
+    own PREFECT_HOME (where the task cache lives) so a rerun finds what the first run cached."""
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / f"run-{len(list(home.glob('run-*.log')))}.log"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(home)}
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [Path(sys.executable).with_name("braintl"), "run", "--out", str(out), *RUN_OPTIONS]
+            + list(extra),
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, log
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
+    """Wait for a run; its output, or a failure that shows it."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def _scores(run_dir: Path) -> dict:
+    """What a run computed, less where and when: per model its config and every fold's scores."""
+    results = json.loads((run_dir / "results.json").read_text())
+    return {
+        m["model"]: {
+            "config": m["config"],
+            "scores": {part: {k: v["values"] for k, v in m[part].items()} for part in PARTS},
+            "thresholds": [r["threshold"] for r in m["runs"]],
+        }
+        for m in results["models"]
+    }
+
+
+@pytest.fixture(scope="module")
+def concurrent_runs(prefect_server, tmp_path_factory):
+    """Two ``braintl run`` processes started at once on one output folder. The second asks for
+    the finetune strategy, which the scratch CNN does not have: the same training under another
+    run key, so the two are different runs that should compute the same scores."""
+    root = tmp_path_factory.mktemp("concurrent")
+    out = root / "out"
+    started = time.perf_counter()
+    runs = [
+        _start_run(out, root / "home-a"),
+        _start_run(out, root / "home-b", "--strategies", "finetune"),
+    ]
+    outputs = [_finish(proc, log) for proc, log in runs]
+    return out, outputs, time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_on_one_output_stay_apart(concurrent_runs):
+    out, _, seconds = concurrent_runs
+    run_dirs = sorted((out / "runs").iterdir())
+    assert len(run_dirs) == 2  # two unique run ids
+    for run_dir in run_dirs:
+        assert (run_dir / "_COMPLETE.json").exists()
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["run_id"] == run_dir.name
+        assert json.loads((run_dir / "_COMPLETE.json").read_text())["run_id"] == run_dir.name
+        assert json.loads((run_dir / "sweep.json").read_text())["random-init"]["trials"]
+        for fold in range(2):
+            metrics = run_dir / "folds" / "scratch_cnn-full" / f"fold-{fold}" / "metrics.json"
+            assert json.loads(metrics.read_text())["fold"] == fold
+    latest = json.loads((out / "latest.json").read_text())
+    assert latest["run_id"] in {d.name for d in run_dirs}
+    assert (out / "runs" / latest["run_id"] / "_COMPLETE.json").exists()
+    assert _scores(run_dirs[0]) == _scores(run_dirs[1])  # same training, same seed
+    _record("concurrent-runs", outcome="both completed", seconds=round(seconds, 1))
+
+
+@pytest.mark.slow
+def test_killed_flow_process_resumes_and_matches_an_uninterrupted_run(concurrent_runs, tmp_path):
+    """SIGKILL ``braintl run`` (and the Ray it started) after the sweep's first epoch; the rerun
+    takes prepare from the cache, restores the sweep, completes the same run, and scores
+    exactly as the uninterrupted run with the same settings and seed."""
+    out, home = tmp_path / "out", tmp_path / "prefect-home"
+    proc, log = _start_run(out, home)
+    checkpoints = "runs/*/sweep/random-init-trial-checkpoints/*.pt"
+    try:
+        _wait_for(lambda: list(out.glob(checkpoints)) or proc.poll() is not None, 600, "epoch 1")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-4000:]
+    [run_dir] = (out / "runs").iterdir()
+    assert not (run_dir / "_COMPLETE.json").exists() and not (out / "latest.json").exists()
+
+    started = time.perf_counter()
+    text = _finish(*_start_run(out, home))
+    seconds = time.perf_counter() - started
+    assert f"resuming interrupted run {run_dir.name}" in text
+    assert re.search(r"prepare-\w+' - Finished in state Cached", text), text[-4000:]
+    assert json.loads((run_dir / "sweep.json").read_text())["random-init"]["restored"]
+    assert json.loads((out / "latest.json").read_text())["run_id"] == run_dir.name
+    assert (run_dir / "_COMPLETE.json").exists()
+    reference_out, _, _ = concurrent_runs
+    reference = json.loads((reference_out / "latest.json").read_text())
+    assert _scores(run_dir) == _scores(Path(reference["run_url"]))
+    _record("flow-process-killed", outcome="resumed", rerun_s=round(seconds, 1))
