@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from braintl.data.prepare import DataConfig
+from braintl.errors import UserError
 from braintl.limits import gpu_request_problem, local_gpus
 from braintl.models import STRATEGIES as MODEL_STRATEGIES
 from braintl.models import list_models
@@ -184,6 +185,12 @@ class RetrainParams(BaseModel):
         none, so the paper profile sweeps them apart from the pretrained ones. With a warm
         start (``braintl.publish.warm_start``), the published model's backbone starts from its
         weights and the other backbones from the profile's."""
+        if warm and warm["backbone"] not in self.backbones:
+            raise UserError(
+                f"weights={self.weights!r} is a {warm['backbone']} model ({warm['model']}), "
+                f"but backbones are {', '.join(self.backbones)}: add {warm['backbone']} to "
+                "backbones, or start from 'none' or 'imagenet'"
+            )
         start = PROFILES[self.profile]["weights"] if warm else self.weights
         groups: dict[str, list[tuple[str, str]]] = {}
         for backbone, strategy in self.pairs():

@@ -65,6 +65,9 @@ def test_sweep_groups_start_only_the_published_backbone_warm(retrained):
         sweep={"gpus_per_trial": 0},
     )
     assert paper.sweep_groups(warm)["imagenet"] == [("vgg16", "frozen"), ("vgg16", "finetune")]
+    other = RetrainParams(backbones=["mobilenet_v2"], weights="previous")
+    with pytest.raises(UserError, match="is a scratch_cnn model .* add scratch_cnn to backbones"):
+        other.sweep_groups(warm)
 
 
 def test_previous_without_a_published_model_is_a_clear_error(retrained, tmp_path):
