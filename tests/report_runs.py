@@ -1,0 +1,79 @@
+"""Two small retrain runs on phantoms, one per protocol (groups, then paper), with the same
+settings in the same output: the real flow under a temporary Prefect server with real local Ray,
+which renders each run's report. Run once per test session, whichever report test asks first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ray
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from braintl.data.phantoms import write_phantom_dataset
+
+
+@dataclass(frozen=True)
+class ReportRuns:
+    out: Path  # the flows' out_url
+    records: dict[str, dict]  # protocol → what the flow returned
+    links: dict[str, str]  # protocol → the report link artifact's link, read back from Prefect
+
+    def run_dir(self, protocol: str) -> Path:
+        return Path(self.records[protocol]["run_url"])
+
+
+def _link_artifact(state) -> str:
+    flow_run_id = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run_id))
+    (link,) = [a.data for a in artifacts if a.key == "retrain-report"]
+    return link
+
+
+_DONE: dict[Path, ReportRuns] = {}  # per session's base temp folder
+
+
+def report_runs(tmp_path_factory: pytest.TempPathFactory) -> ReportRuns:
+    base = tmp_path_factory.getbasetemp()
+    if base not in _DONE:
+        _DONE[base] = _run_both(tmp_path_factory.mktemp("report-runs"))
+    return _DONE[base]
+
+
+def _run_both(root: Path) -> ReportRuns:
+    data = root / "data"
+    write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=48, seed=0)
+    home = root / "prefect"
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    from flows.retrain import RetrainParams, retrain
+
+    records, links = {}, {}
+    ray.shutdown()
+    try:
+        with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+            for protocol in ("groups", "paper"):
+                params = RetrainParams(
+                    profile="quick",
+                    protocol=protocol,
+                    data_url=str(data),
+                    out_url=str(root / "out"),
+                    backbones=["scratch_cnn", "mobilenet_v2"],
+                    strategies=["frozen"],
+                    image_size=32,
+                    epochs=2,
+                    folds=2,
+                    test_fraction=0.25,
+                    sweep={"num_samples": 1},
+                )
+                state = retrain(params, return_state=True)
+                assert state.is_completed(), state.message
+                records[protocol] = state.result()
+                links[protocol] = _link_artifact(state)
+    finally:
+        ray.shutdown()
+    return ReportRuns(root / "out", records, links)

@@ -1,0 +1,173 @@
+"""The report of two small real runs (groups, then paper): every section, every model's row,
+the page's figures equal to report.json's and results.json's, the leakage audit, the command."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from report_runs import ReportRuns, report_runs
+
+from braintl.cli import main
+from braintl.report.render import PLOTS, SECTIONS
+from braintl.report.seed import TABLE_1
+from braintl.report.tables import TABLE_METRICS
+
+pytestmark = pytest.mark.slow
+MODELS = {"scratch_cnn/full", "mobilenet_v2/frozen"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> ReportRuns:
+    return report_runs(tmp_path_factory)
+
+
+class _Page(HTMLParser):
+    """Section ids, image ids/sources and every element carrying a figure (data-value)."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[dict] = []
+        self.values: list[dict] = []
+        self.rows: list[dict] = []
+        self._cell: dict = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a["id"])
+        elif tag == "img":
+            self.images.append(a)
+        elif tag == "tr" and "data-model" in a:
+            self.rows.append(a)
+        elif tag == "td" and "data-metric" in a and "data-model" in a:
+            self._cell = a
+        elif "data-field" in a:
+            self.values.append({**self._cell, **a})
+
+
+def _files(runs: ReportRuns, protocol: str) -> tuple[dict, dict, str]:
+    run = runs.run_dir(protocol)
+    report = json.loads((run / "report" / "report.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    return report, results, (run / "report" / "index.html").read_text()
+
+
+def test_the_flow_renders_every_section_and_links_it(runs):
+    for protocol in ("groups", "paper"):
+        record = runs.records[protocol]
+        report_dir = runs.run_dir(protocol) / "report"
+        assert set(record["report"]) == {"index.html", "report.json", "table.csv", "table.md"}
+        assert all(Path(url).is_file() for url in record["report"].values())
+        uri = (report_dir / "index.html").resolve().as_uri()
+        assert runs.links[protocol] == f"[report]({uri})"  # the link artifact, as Prefect keeps it
+        report, _, html = _files(runs, protocol)
+        page = _Page(html)
+        assert page.sections == list(SECTIONS)
+        assert {row["data-model"] for row in page.rows} == MODELS
+        assert [r["data-model"] for r in page.rows if r.get("class") == "best"] == [
+            report["summary"]["best_model"]
+        ]
+        plots = {img["id"] for img in page.images if img.get("id", "").startswith("plot-")}
+        assert plots == {f"plot-{k}" for k in PLOTS}
+        gradcam = [img for img in page.images if img.get("class") == "gradcam"]
+        assert len(gradcam) == len(report["explanations"]["cases"]) > 0
+        assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)
+        assert "http://" not in html and "https://" not in html
+        csv_rows = (report_dir / "table.csv").read_text().splitlines()
+        assert len(csv_rows) == 1 + len(MODELS)
+        table_md = (report_dir / "table.md").read_text()
+        assert all(model in table_md for model in MODELS)
+    latest = json.loads((runs.out / "latest.json").read_text())
+    assert latest["report"] == runs.records["paper"]["report"]
+
+
+def test_page_figures_equal_report_json_and_results_json(runs):
+    report, results, html = _files(runs, "paper")
+    by_model = {m["model"]: m for m in results["models"]}
+    assert {m["model"] for m in report["models"]} == MODELS
+    for model in report["models"]:
+        ours = by_model[model["model"]]
+        assert model["folds"] == {"val": ours["val"], "test": ours["test"]}
+        assert model["weights"] == ours["config"]["weights"] == "none"
+        for metric, boot in model["test_bootstrap"].items():
+            # Each fold model at its own threshold, averaged: results.json's test mean.
+            assert boot["estimate"] == pytest.approx(ours["test"][metric]["mean"])
+            assert boot["resamples"] > 900
+            assert boot["low"] <= boot["estimate"] <= boot["high"]
+    table = {row["model"]: row["cells"] for row in report["table"]}
+    shown = _Page(html).values
+    assert len(shown) == len(MODELS) * len(TABLE_METRICS) * 4
+    for value in shown:
+        expected = table[value["data-model"]][value["data-metric"]][value["data-field"]]
+        assert json.loads(value["data-value"]) == expected
+    best = report["models"][0]
+    assert best["model"] == report["summary"]["best_model"] == results["models"][0]["model"]
+    assert report["summary"]["auc"] == best["test_bootstrap"]["auc"]["estimate"]
+    assert f"{report['summary']['auc']:.3f}" in report["summary"]["text"]
+    assert escape(report["summary"]["text"]) in html
+
+
+def test_seed_figures_sit_beside_ours_with_their_protocol(runs):
+    report, _, html = _files(runs, "groups")
+    seeds = {m["model"]: m["seed"] for m in report["models"]}
+    assert seeds["scratch_cnn/full"]["figures"] == TABLE_1[("scratch_cnn", "full")]["figures"]
+    assert seeds["mobilenet_v2/frozen"]["name"] == "MobileNetV2"
+    assert seeds["mobilenet_v2/frozen"]["protocol"] == "paper"
+    assert "seed 83.6" in html and "seed 85.4" in html  # the seed's AUCs, in %
+    assert "Xception fine-tuned" in json.dumps(report["seed"]["table_1"])
+
+
+def test_comparisons_sweep_and_data_sections(runs):
+    report, results, html = _files(runs, "paper")
+    (delong,) = report["comparisons"]["delong"]
+    assert delong["best"] == results["models"][0]["model"]
+    assert delong["other"] == results["models"][1]["model"]
+    assert 0 <= delong["p"] <= 1
+    for model in report["models"]:
+        assert sum(map(sum, model["confusion_matrix"])) == 2 * model["n_test"]  # 2 fold models
+    sweep = json.loads((runs.run_dir("paper") / "sweep.json").read_text())
+    trials = [t for s in sweep.values() for t in s["trials"]]
+    assert html.count("<tr>") >= len(trials) and f"{len(trials)} trials" in html
+    manifest = report["data"]["manifest"]
+    assert manifest["per_label"] == {"no_tumor": 16, "tumor": 16}
+    assert report["data"]["fingerprint"] == runs.records["paper"]["fingerprint"]
+    assert set(report["run"]["stages"]) >= {"prepare", "cross-validation", "results"}
+    for case in report["explanations"]["cases"]:
+        called = "Tumor" if case["prob"] >= report["explanations"]["threshold"] else "No Tumor"
+        assert case["predicted"] == called
+        assert case["correct"] == (case["label"] == called)
+
+
+def test_leakage_audit_compares_the_protocols(runs, capsys):
+    groups_report, groups_results, _ = _files(runs, "groups")
+    assert groups_report["leakage_audit"]["rows"] == []  # the paper run did not exist yet
+    paper_report, paper_results, html = _files(runs, "paper")
+    audit = paper_report["leakage_audit"]
+    assert audit["runs"]["groups"]["run_id"] == runs.records["groups"]["run_id"]
+    assert {row["model"] for row in audit["rows"]} == MODELS
+    groups_by = {m["model"]: m["test"] for m in groups_results["models"]}
+    paper_by = {m["model"]: m["test"] for m in paper_results["models"]}
+    for row in audit["rows"]:
+        for metric, inflation in row["inflation"].items():
+            g, p = groups_by[row["model"]][metric]["mean"], paper_by[row["model"]][metric]["mean"]
+            assert inflation == pytest.approx(p - g)
+    assert 'id="leakage-table"' in html
+
+    # Re-rendered now, the groups run finds its paper sibling too.
+    assert main(["report", str(runs.run_dir("groups"))]) == 0
+    index = runs.run_dir("groups") / "report" / "index.html"
+    assert capsys.readouterr().out.strip() == f"report: {index}"
+    rerendered = json.loads((index.parent / "report.json").read_text())
+    assert {row["model"] for row in rerendered["leakage_audit"]["rows"]} == MODELS
+
+
+def test_report_command_names_what_is_missing(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json not found" in err and "OUT_URL/runs/<run_id>" in err
