@@ -30,8 +30,6 @@ TINY = {
     "sweep": {"num_samples": 1},
 }
 TIMEZONE = "Europe/Berlin"
-# predict-folder joins once flows/predict.py exists (`deploy --all` then applies all four).
-DEPLOYMENTS = ("nightly-retrain", "adhoc-retrain", "cluster-sweep")
 
 
 def free_port() -> int:
@@ -145,8 +143,7 @@ def start_prefect_stack(home: Path, s3_endpoint: str):
             },
         )
         _prefect("work-pool", "create", POOL, "--type", "process", env=env)
-        names = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
-        _prefect("deploy", *names, "--prefect-file", str(PREFECT_FILE), env=env)
+        _prefect("deploy", "--all", "--prefect-file", str(PREFECT_FILE), env=env)
         # The AWS_* variables of the S3 server come with os.environ; the Ray token is the one a
         # cluster started by the tests accepts (tests/test_ray_cluster.py).
         worker_env = {

@@ -38,7 +38,7 @@ def test_nightly_schedule_and_concurrency_read_back(prefect_stack):
     assert schedule.active
     assert nightly.global_concurrency_limit.limit == 1
     assert nightly.parameters["params"]["out_url"] == prefect_stack.out_url
-    assert {"nightly-retrain", "adhoc-retrain", "cluster-sweep"} <= names
+    assert names == {"nightly-retrain", "adhoc-retrain", "cluster-sweep", "predict-folder"}
 
 
 @pytest.mark.parametrize("kind", ["kubernetes", "docker"])
