@@ -171,3 +171,9 @@ def test_report_command_names_what_is_missing(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "config.json not found" in err and "OUT_URL/runs/<run_id>" in err
+
+
+def test_report_command_on_an_output_root_renders_its_latest_run(runs, capsys):
+    assert main(["report", str(runs.out), "--json"]) == 0
+    urls = json.loads(capsys.readouterr().out)
+    assert urls == runs.records["paper"]["report"]
