@@ -27,6 +27,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from braintl.credentials import keep_out_of_ray_logs
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
 from braintl.metrics import json_safe
@@ -88,6 +89,7 @@ def threads_for(cpus: float) -> int:
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to the Ray cluster at ``address``, or start a small, quiet local Ray once."""
+    keep_out_of_ray_logs()
     if ray.is_initialized():
         return
     options = {"log_to_driver": False, "logging_level": logging.WARNING}
