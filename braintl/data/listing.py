@@ -114,8 +114,12 @@ def _label_folders(root: Location) -> tuple[list[str], list[tuple[str, str]]]:
         ) from exc
     folders: list[str] = []
     outside: list[tuple[str, str]] = []
+    prefix = root.path.rstrip("/") + "/"
     for entry in entries:
-        name = posixpath.basename(entry["name"].rstrip("/"))
+        name = entry["name"].removeprefix(prefix).rstrip("/")
+        if _moves(name):  # keys "data//x", "data/./x", "data/../x" of an object store
+            outside.append((name, _BAD_KEY))
+            continue
         if name.startswith(".") or name.lower() in IGNORED_NAMES:
             continue
         if entry.get("islink"):
