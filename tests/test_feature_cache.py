@@ -1,0 +1,207 @@
+"""The frozen-prefix cache computes what the whole model computes, once, and shares it safely.
+
+Small on purpose (48 phantoms at 32 px, two epochs, nothing to download): every backbone cut at
+every block boundary, and training with and without the cache for ``frozen``, ``finetune`` and a
+``progressive`` stage, compared logit by logit and metric by metric.
+
+The weights are random with BatchNorm statistics measured on the images, as pretrained ones
+would be (:mod:`braintl.models.calibrate`): with untouched statistics activations vanish through
+deep frozen stacks, gradients fall below Adam's epsilon, and Adam's near sign-like first steps
+then turn 1e-7 differences in summation order (a batch of 64 against one of 8) into visibly
+different runs.
+So after training, losses, logits and calibration agree to about 1e-2 relative, and metrics that
+count images (AUC, accuracy, confusion matrices) exactly; the cut itself is checked at 1e-5.
+One torch thread: on a busy shared machine two threads' spinning barriers run many times slower.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from braintl.data.tensors import TensorSet
+from braintl.models import create_model, list_models
+from braintl.models.calibrate import calibrate_batchnorm
+from braintl.storage import resolve
+from braintl.training import TrainConfig, evaluate_split, train
+from braintl.training.evaluate import predict_logits
+
+PRETRAINED = ("mobilenet_v2", "vgg16", "resnet50", "xception")
+FEATURES_LOG = "braintl.training.features"
+
+
+@pytest.fixture(scope="module")
+def tensors(tensors_url) -> TensorSet:
+    return TensorSet.load(tensors_url)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def weights(tensors, tmp_path_factory):
+    """``weights(name)``: the URL of a state dict with BatchNorm statistics of these images."""
+    folder, made = tmp_path_factory.mktemp("weights"), {}
+
+    def make(name: str) -> str:
+        if name not in made:
+            torch.manual_seed(0)
+            model = calibrate_batchnorm(create_model(name, image_size=32), tensors.images)
+            made[name] = str(folder / f"{name}.pt")
+            torch.save(model.state_dict(), made[name])
+        return made[name]
+
+    return make
+
+
+def _train(tensors: TensorSet, fold: int = 0, **options):
+    config = TrainConfig(**{"epochs": 2, "batch_size": 8, "num_threads": 1, **options})
+    train_idx, val_idx = tensors.fold(fold)
+    return train(tensors, train_idx, val_idx, config)
+
+
+def _assert_same(cached, uncached, tensors: TensorSet) -> None:
+    """Same history, same test logits, same validation and test metrics."""
+    assert cached.best_epoch == uncached.best_epoch
+    for got, want in zip(cached.history, uncached.history, strict=True):
+        assert got["stage"] == want["stage"]
+        for key in ("train_loss", "val_loss"):
+            assert got[key] == pytest.approx(want[key], rel=1e-2), key
+        for key in ("val_auc", "val_acc"):
+            assert got[key] == pytest.approx(want[key], abs=1e-9), key
+    test = tensors.images[tensors.split.test]
+    torch.testing.assert_close(
+        predict_logits(cached.model, test),
+        predict_logits(uncached.model, test),
+        rtol=1e-2,
+        atol=1e-2,
+    )
+    _, val_idx = tensors.fold(0)
+    scores = [
+        _flat(evaluate_split(r.model, tensors, val_idx).to_dict()) for r in (cached, uncached)
+    ]
+    assert scores[0].keys() == scores[1].keys()
+    for key, value in scores[0].items():
+        want = scores[1][key]
+        if isinstance(want, float):  # counts and ratios of counts equal; calibration close
+            close = any(word in key for word in ("ece", "brier", "threshold"))
+            want = pytest.approx(want, rel=2e-2) if close else pytest.approx(want, abs=1e-9)
+        assert value == want, key
+
+
+def _flat(tree, path: str = "") -> dict:
+    """Nested metrics as {".val.at_youden.auc": value, ...}; lists (counts) stay whole."""
+    if not isinstance(tree, dict):
+        return {path: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{path}.{key}").items()}
+
+
+def _feature_dirs(tensors: TensorSet) -> set[str]:
+    root = resolve(tensors.url).join("features")
+    return set(root.fs.ls(root.path)) if root.exists() else set()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_blocks_in_order_are_the_backbone(name):
+    """Cutting before any block and running the rest gives the model's own logits."""
+    torch.manual_seed(0)
+    model = create_model(name, image_size=32).eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        whole = model(images)
+        for start in range(len(model.spec.blocks) + 1):
+            cut = model.forward_from(model.prefix(images, start), start)
+            torch.testing.assert_close(cut, whole, rtol=1e-5, atol=1e-5, msg=f"cut at {start}")
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "finetune"])
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_cached_training_equals_uncached(tensors, weights, name, strategy, caplog):
+    options = {"backbone": name, "strategy": strategy, "weights": weights(name)}
+    uncached = _train(tensors, feature_cache=False, **options)
+    with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
+        cached = _train(tensors, **options)
+    assert f"feature cache ({name} blocks" in caplog.text and "in memory" in caplog.text
+    _assert_same(cached, uncached, tensors)
+
+
+def test_progressive_stages_each_get_their_cache(tensors, weights, caplog):
+    options = {"backbone": "mobilenet_v2", "strategy": "progressive", "epochs": 3}
+    options["weights"] = weights("mobilenet_v2")
+    options["progressive_epochs_per_stage"] = 1  # stage 2 begins after epoch 1
+    uncached = _train(tensors, feature_cache=False, **options)
+    with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
+        cached = _train(tensors, **options)
+    assert [r["stage"] for r in cached.history][:2] == [1, 2]
+    assert "blocks 1-7" in caplog.text and "blocks 1-6" in caplog.text  # one cache per stage
+    _assert_same(cached, uncached, tensors)
+
+
+def test_full_training_has_no_prefix_to_cache(tensors, caplog):
+    with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
+        _train(tensors, backbone="scratch_cnn", strategy="full", epochs=1)
+    assert "feature cache" not in caplog.text
+
+
+def test_one_cache_serves_every_fold_and_a_partial_one_is_never_read(
+    tmp_path, tensors, weights, caplog
+):
+    local = tmp_path / "cache" / "key"
+    TensorSet.save(tensors, str(local))
+    copy = TensorSet.load(str(local))
+    options = {"backbone": "mobilenet_v2", "strategy": "frozen", "weights": weights("mobilenet_v2")}
+    first = _train(copy, **options)
+    (folder,) = _feature_dirs(copy)
+    assert os.path.exists(os.path.join(folder, "_COMPLETE.json"))
+    with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
+        _train(copy, fold=1, **options)
+    assert "reused, in memory" in caplog.text and _feature_dirs(copy) == {folder}
+
+    # A writer that died before its marker: the array is there but must never be read.
+    os.remove(os.path.join(folder, "_COMPLETE.json"))
+    features = np.load(os.path.join(folder, "features.npy"))
+    np.save(os.path.join(folder, "features.npy"), np.zeros_like(features))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
+        again = _train(copy, **options)
+    assert "computed, in memory" in caplog.text
+    _assert_same(again, first, tensors)
+    np.testing.assert_array_equal(np.load(os.path.join(folder, "features.npy")), features)
+
+
+def test_over_budget_streams_from_local_disk(tensors, weights, caplog):
+    options = {"backbone": "vgg16", "strategy": "finetune", "weights": weights("vgg16")}
+    in_memory = _train(tensors, **options)
+    with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
+        streamed = _train(tensors, feature_memory_budget_mb=0.01, **options)
+    assert "exceeds the 0.01 MB budget: streaming it from disk" in caplog.text
+    _assert_same(streamed, in_memory, tensors)
+
+
+def test_s3_cache_is_shared_and_over_budget_recomputes(s3_bucket, tensors, weights, caplog):
+    url = f"{s3_bucket}/out/cache/key"
+    TensorSet.save(tensors, url)
+    remote = TensorSet.load(url)
+    options = {
+        "backbone": "mobilenet_v2",
+        "strategy": "finetune",
+        "weights": weights("mobilenet_v2"),
+    }
+    local = _train(tensors, **options)
+    stored = _train(remote, **options)
+    (folder,) = _feature_dirs(remote)
+    assert resolve(f"s3://{folder}").is_complete()
+    with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
+        recomputed = _train(remote, feature_memory_budget_mb=0.001, **options)
+    assert "recomputing the frozen prefix every batch" in caplog.text
+    _assert_same(stored, local, tensors)
+    _assert_same(recomputed, local, tensors)
