@@ -233,6 +233,8 @@ def test_object_keys_that_name_other_objects_are_skipped(s3_bucket, phantom_dir)
     for path in sorted(phantom_dir.rglob("*.png")):
         key = f"data/{path.relative_to(phantom_dir)}"
         client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    for marker in ("data/", "data/yes/", "data/no/sub/"):  # empty folder objects: not files
+        client.put_object(Bucket=bucket, Key=marker, Body=b"")
     secret = _encode(_scan(seed=42), "PNG")
     client.put_object(Bucket=bucket, Key="private/secret.png", Body=secret)
     hostile = [

@@ -116,6 +116,8 @@ def _label_folders(root: Location) -> tuple[list[str], list[tuple[str, str]]]:
     outside: list[tuple[str, str]] = []
     prefix = root.path.rstrip("/") + "/"
     for entry in entries:
+        if entry["name"].endswith("/") and entry["type"] != "directory":
+            continue  # an empty "folder/" object, as S3 consoles create
         name = entry["name"].removeprefix(prefix).rstrip("/")
         if _moves(name):  # keys "data//x", "data/./x", "data/../x" of an object store
             outside.append((name, _BAD_KEY))
@@ -141,11 +143,14 @@ def _label_folders(root: Location) -> tuple[list[str], list[tuple[str, str]]]:
 def _walk(folder: Location) -> list[tuple[str, int, bool]]:
     """(path, size, is a link) of every file below ``folder``, sorted.
 
-    Links are reported rather than read: one can point outside the data folder.
+    Links are reported rather than read: one can point outside the data folder. Keys ending in
+    "/" are the empty folder objects S3 consoles create, not files.
     """
     found = folder.fs.find(folder.path, detail=True, withdirs=False)
     return sorted(
-        (path, int(info.get("size") or 0), bool(info.get("islink"))) for path, info in found.items()
+        (path, int(info.get("size") or 0), bool(info.get("islink")))
+        for path, info in found.items()
+        if not path.endswith("/")
     )
 
 
