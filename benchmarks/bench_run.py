@@ -39,7 +39,7 @@ def run_braintl(args: argparse.Namespace, out: Path, env: dict) -> tuple[dict, f
     """``braintl run --json``: its final record and its wall time."""
     cmd = [sys.executable, "-m", "braintl.cli", "run", "--json", "--force"]
     cmd += ["--data", args.data, "--out", str(out), "--profile", args.profile]
-    for flag in ("backbones", "strategies", "epochs", "folds", "image_size"):
+    for flag in ("backbones", "strategies", "epochs", "folds", "image_size", "ray_address"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     started = time.perf_counter()
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--folds", type=int)
     parser.add_argument("--image-size", type=int)
+    parser.add_argument("--ray-address", help="a running Ray head (its start-up is then not timed)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON written here")
     args = parser.parse_args(argv)
 
