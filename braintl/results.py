@@ -16,6 +16,7 @@ import statistics
 from typing import Any
 
 from braintl.metrics import json_safe
+from braintl.runlease import is_held
 from braintl.storage import resolve
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -163,6 +164,7 @@ def unfinished_run(out_url: str, run_key: str) -> str | None:
             not run.is_complete()
             and config.exists()
             and config.read_json().get("run_key") == run_key
+            and not is_held(run)  # a run of the same settings still at work: not ours
         ):
             return path.rstrip("/").rsplit("/", 1)[-1]
     return None

@@ -21,11 +21,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from braintl import runlease
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
 from braintl.limits import gpu_request_problem, local_gpus
@@ -248,7 +250,20 @@ def _table_rows(summary: dict) -> list[dict]:
     return rows
 
 
-@flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
+def _release_lease(flow, flow_run, state) -> None:
+    """Flow hook: however the flow run ended, its run's lease ends with it."""
+    runlease.release(str(flow_run.id))
+
+
+@flow(
+    name="retrain",
+    task_runner=ThreadPoolTaskRunner(max_workers=64),
+    log_prints=True,
+    on_completion=[_release_lease],
+    on_failure=[_release_lease],
+    on_crashed=[_release_lease],
+    on_cancellation=[_release_lease],
+)
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
     """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
     started = datetime.now(UTC).isoformat()
@@ -273,6 +288,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     resumed = unfinished_run(params.out_url, run_key)
     run_id = resumed or new_run_id()
     run = resolve(params.out_url).join("runs", run_id)
+    runlease.hold(run.url, owner=str(current_flow_run.id))  # a second run will not resume it
     print(f"{'resuming interrupted' if resumed else 'new'} run {run_id}: {run.url}")
     write_run_file(
         run.url,

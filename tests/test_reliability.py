@@ -32,6 +32,7 @@ from prefect.settings import (
 from prefect.testing.utilities import prefect_test_harness
 from ray import tune
 
+from braintl import runlease
 from braintl.results import PARTS
 from braintl.storage import resolve
 from braintl.tuning import SweepConfig, run_sweep
@@ -196,14 +197,21 @@ RUN_OPTIONS = (
     "--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "3", "--folds", "2",
     "--num-samples", "1", "--json",
 )  # fmt: skip
+LEASE_S = 15  # a run's lease in these processes: a killed run is resumable this long after
 
 
 def _start_run(out: Path, home: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     """``braintl run`` in its own process group, against the test's Prefect server, with its
-    own PREFECT_HOME (where the task cache lives) so a rerun finds what the first run cached."""
+    own PREFECT_HOME (where the task cache lives) so a rerun finds what the first run cached,
+    and a run lease of LEASE_S seconds."""
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"run-{len(list(home.glob('run-*.log')))}.log"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(home)}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(home),
+        runlease.SECONDS_ENV: str(LEASE_S),
+    }
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [Path(sys.executable).with_name("braintl"), "run", "--out", str(out), *RUN_OPTIONS]
@@ -241,17 +249,20 @@ def _scores(run_dir: Path) -> dict:
     }
 
 
+def _sweep(run_dir: Path) -> dict:
+    return json.loads((run_dir / "sweep.json").read_text())["random-init"]
+
+
 @pytest.fixture(scope="module")
 def concurrent_runs(prefect_server, tmp_path_factory):
-    """Two ``braintl run`` processes started at once on one output folder. The second asks for
-    the finetune strategy, which the scratch CNN does not have: the same training under another
-    run key, so the two are different runs that should compute the same scores."""
+    """Two ``braintl run`` processes with the same settings started at once on one output
+    folder: the later one finds the other's unfinished run, leased, and starts its own."""
     root = tmp_path_factory.mktemp("concurrent")
     out = root / "out"
     started = time.perf_counter()
     runs = [
         _start_run(out, root / "home-a"),
-        _start_run(out, root / "home-b", "--strategies", "finetune"),
+        _start_run(out, root / "home-b"),
     ]
     outputs = [_finish(proc, log) for proc, log in runs]
     return out, outputs, time.perf_counter() - started
@@ -267,7 +278,8 @@ def test_two_runs_at_once_on_one_output_stay_apart(concurrent_runs):
         config = json.loads((run_dir / "config.json").read_text())
         assert config["run_id"] == run_dir.name
         assert json.loads((run_dir / "_COMPLETE.json").read_text())["run_id"] == run_dir.name
-        assert json.loads((run_dir / "sweep.json").read_text())["random-init"]["trials"]
+        assert not (run_dir / runlease.LEASE).exists()  # released when the flow ended
+        assert _sweep(run_dir)["trials"]
         for fold in range(2):
             metrics = run_dir / "folds" / "scratch_cnn-full" / f"fold-{fold}" / "metrics.json"
             assert json.loads(metrics.read_text())["fold"] == fold
@@ -294,16 +306,39 @@ def test_killed_flow_process_resumes_and_matches_an_uninterrupted_run(concurrent
     assert proc.returncode == -signal.SIGKILL, log.read_text()[-4000:]
     [run_dir] = (out / "runs").iterdir()
     assert not (run_dir / "_COMPLETE.json").exists() and not (out / "latest.json").exists()
+    lease = json.loads((run_dir / runlease.LEASE).read_text())  # a dead process's lease ...
+    time.sleep(max(0.0, lease["until"] - time.time()))  # ... expires; then the run is resumable
 
     started = time.perf_counter()
     text = _finish(*_start_run(out, home))
     seconds = time.perf_counter() - started
     assert f"resuming interrupted run {run_dir.name}" in text
     assert re.search(r"prepare-\w+' - Finished in state Cached", text), text[-4000:]
-    assert json.loads((run_dir / "sweep.json").read_text())["random-init"]["restored"]
+    assert _sweep(run_dir)["restored"]
     assert json.loads((out / "latest.json").read_text())["run_id"] == run_dir.name
     assert (run_dir / "_COMPLETE.json").exists()
     reference_out, _, _ = concurrent_runs
     reference = json.loads((reference_out / "latest.json").read_text())
     assert _scores(run_dir) == _scores(Path(reference["run_url"]))
-    _record("flow-process-killed", outcome="resumed", rerun_s=round(seconds, 1))
+    ours, theirs = (_sweep(d) for d in (run_dir, Path(reference["run_url"])))
+    assert ours["best"] == theirs["best"]
+    [trial], [other] = ours["trials"], theirs["trials"]
+    _record(
+        "flow-process-killed",
+        outcome="resumed",
+        rerun_s=round(seconds, 1),
+        sweep_trial_differs={k: [v, other[k]] for k, v in trial.items() if other[k] != v},
+    )
+
+
+def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
+    """While held (and renewed) a run is taken; released or lapsed, a rerun may resume it."""
+    run = resolve(str(tmp_path / "run"))
+    monkeypatch.setenv(runlease.SECONDS_ENV, "0.4")
+    runlease.hold(run.url, owner="a")
+    time.sleep(1.0)  # longer than the lease: only the renewals keep it
+    assert runlease.is_held(run)
+    runlease.release("a")
+    assert not runlease.is_held(run) and not run.join(runlease.LEASE).exists()
+    run.join(runlease.LEASE).write_json({"owner": "crashed", "until": time.time() - 1})
+    assert not runlease.is_held(run)
