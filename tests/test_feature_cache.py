@@ -179,7 +179,8 @@ def test_one_cache_serves_every_fold_and_a_partial_one_is_never_read(
 
 
 def test_over_budget_streams_from_local_disk(tensors, weights, caplog):
-    options = {"backbone": "vgg16", "strategy": "finetune", "weights": weights("vgg16")}
+    options = {"backbone": "mobilenet_v2", "strategy": "finetune"}
+    options["weights"] = weights("mobilenet_v2")  # its cache: 0.03 MB
     in_memory = _train(tensors, **options)
     with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
         streamed = _train(tensors, feature_memory_budget_mb=0.01, **options)
