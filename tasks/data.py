@@ -11,9 +11,22 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from braintl.commands.data import data_or_phantoms
 from braintl.data.prepare import DataConfig, prepare
-from braintl.storage import resolve
+from braintl.errors import UserError
+from braintl.storage import StorageError, resolve
 
-STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 4, 10]}
+
+def worth_retrying(task, task_run, state) -> bool:
+    """Retry what another try can fix (storage outages, unexpected errors), not a user's
+    mistake: a wrong folder or an over-budget data set fails the same way, only later."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, StorageError) or not isinstance(error, UserError)
+
+
+STORAGE_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 4, 10],
+    "retry_condition_fn": worth_retrying,
+}
 
 
 @task(name="data-source", **STORAGE_RETRIES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import ray
-from prefect import get_client
+from prefect import flow, get_client, task
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -18,8 +18,10 @@ from braintl import folds
 from braintl.cli import build_parser
 from braintl.commands.run import params_from_args
 from braintl.data.phantoms import write_phantom_dataset
-from braintl.storage import resolve
+from braintl.errors import UserError
+from braintl.storage import StorageError, resolve
 from flows.retrain import RetrainParams, retrain
+from tasks.data import STORAGE_RETRIES
 
 CV_NAMES = {f"cv-{m}-fold-{k}" for m in ("scratch_cnn-full", "mobilenet_v2-frozen") for k in (0, 1)}
 
@@ -118,6 +120,25 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
     assert latest.read_json()["run_id"] == forced.result()["run_id"]
     forced_runs = _task_runs(forced)
     assert all(forced_runs[name] == "Completed" for name in CV_NAMES | {"sweep-random-init"})
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"), [(StorageError("s3://b: storage unreachable"), 4), (UserError("bad"), 1)]
+)
+def test_storage_tasks_retry_outages_not_user_mistakes(prefect_server, error, attempts):
+    calls = []
+
+    @task(**{**STORAGE_RETRIES, "retry_delay_seconds": 0})
+    def touch_storage():
+        calls.append(1)
+        raise error
+
+    @flow
+    def one_task():
+        touch_storage()
+
+    assert one_task(return_state=True).is_failed()
+    assert len(calls) == attempts
 
 
 def test_run_options_override_the_profile():
