@@ -12,6 +12,14 @@ from pathlib import Path
 import pytest
 
 DATA_ENV = "BRAINTL_DATA_DIR"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; .ci/run installs it
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def _data_dir() -> Path | None:
@@ -54,6 +62,19 @@ def tensors_url(tmp_path_factory) -> str:
     data = write_phantom_dataset(str(root / "data"), {"yes": 24, "no": 24}, size=64)
     config = DataConfig(preprocess={"image_size": 32}, augment={"enabled": False}, folds=3)
     return prepare(data, str(root / "out"), config).tensors_url
+
+
+@pytest.fixture
+def chromium():
+    """Headless Chromium driven by Playwright (no browser download: Debian's build)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (.ci/run does)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 def _free_port() -> int:

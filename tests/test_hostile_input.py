@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from artifacts import artifacts_dir
 from PIL import Image
 
 from braintl.data.decode import CORRUPT, TOO_LARGE, TOO_SMALL, UNREADABLE, Quarantine, decode
@@ -26,10 +27,6 @@ from braintl.data.listing import list_images
 from braintl.data.manifest import OK, QUARANTINED, scan
 from braintl.data.prepare import DataConfig, prepare
 from braintl.errors import UserError
-
-ARTIFACTS = Path(
-    os.environ.get("BRAINTL_TEST_ARTIFACTS") or Path(__file__).parents[1] / "test-artifacts"
-)
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -287,6 +284,5 @@ def test_ten_thousand_tiny_files(tmp_path, phantom_dir):
         "files_per_second": round(10_000 / summary["seconds"]),
         "cpus": os.cpu_count(),
     }
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "scan_10k_tiny_files.json").write_text(json.dumps(figures, indent=2))
+    (artifacts_dir() / "scan_10k_tiny_files.json").write_text(json.dumps(figures, indent=2))
     print(f"\n10 000 files: {figures}")

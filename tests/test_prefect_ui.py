@@ -4,22 +4,10 @@ Completed on the real worker and lists its artifacts. Screenshots go to the test
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-from playwright.sync_api import Page, sync_playwright
-from prefect_services import REPO, api_client, wait_for_final_state
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-SHOTS = Path(os.environ.get("BRAINTL_TEST_ARTIFACTS") or REPO / "test-artifacts") / "prefect-ui"
+from artifacts import artifacts_dir
+from playwright.sync_api import Page
+from prefect_services import api_client, wait_for_final_state
 
 
 def _remove_list_item(page: Page, value: str) -> None:
@@ -33,35 +21,30 @@ def _remove_list_item(page: Page, value: str) -> None:
 
 
 @pytest.mark.slow
-def test_custom_run_from_the_deployment_page(prefect_stack):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (.ci/run does)")
-    SHOTS.mkdir(parents=True, exist_ok=True)
+def test_custom_run_from_the_deployment_page(prefect_stack, chromium):
+    shots = artifacts_dir("prefect-ui")
     with api_client(prefect_stack.api_url) as client:
         deployment = client.read_deployment_by_name("retrain/adhoc-retrain")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)  # the shared 2-core machine renders slowly
-        page.goto(f"{prefect_stack.ui_url}/deployments/deployment/{deployment.id}")
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.get_by_text("Custom run").click()
-        page.get_by_text("Backbones (Optional)").wait_for()
-        run_name = page.locator("input").first.input_value()
-        _remove_list_item(page, "mobilenet_v2")
-        page.screenshot(path=SHOTS / "1-custom-run-form.png", full_page=True)
-        page.get_by_role("button", name="Submit").click()
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(120_000)  # the shared 2-core machine renders slowly
+    page.goto(f"{prefect_stack.ui_url}/deployments/deployment/{deployment.id}")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run").click()
+    page.get_by_text("Backbones (Optional)").wait_for()
+    run_name = page.locator("input").first.input_value()
+    _remove_list_item(page, "mobilenet_v2")
+    page.screenshot(path=shots / "1-custom-run-form.png", full_page=True)
+    page.get_by_role("button", name="Submit").click()
 
-        page.get_by_role("link", name=run_name).first.click()
-        page.wait_for_url("**/runs/flow-run/**")
-        flow_run_id = page.url.rsplit("/", 1)[-1].split("?")[0]
-        final = wait_for_final_state(flow_run_id, prefect_stack)
-        assert final.state.is_completed(), final.state
-        assert final.parameters["params"]["backbones"] == ["scratch_cnn"]
-        page.locator(".state-badge", has_text="Completed").first.wait_for()
-        page.screenshot(path=SHOTS / "2-flow-run-completed.png", full_page=True)
-        page.locator("li.p-tab", has_text="Artifacts").click()
-        for key in ("retrain-results", "retrain-summary"):
-            page.get_by_text(key).first.wait_for()
-        page.screenshot(path=SHOTS / "3-flow-run-artifacts.png", full_page=True)
-        browser.close()
+    page.get_by_role("link", name=run_name).first.click()
+    page.wait_for_url("**/runs/flow-run/**")
+    flow_run_id = page.url.rsplit("/", 1)[-1].split("?")[0]
+    final = wait_for_final_state(flow_run_id, prefect_stack)
+    assert final.state.is_completed(), final.state
+    assert final.parameters["params"]["backbones"] == ["scratch_cnn"]
+    page.locator(".state-badge", has_text="Completed").first.wait_for()
+    page.screenshot(path=shots / "2-flow-run-completed.png", full_page=True)
+    page.locator("li.p-tab", has_text="Artifacts").click()
+    for key in ("retrain-results", "retrain-summary"):
+        page.get_by_text(key).first.wait_for()
+    page.screenshot(path=shots / "3-flow-run-artifacts.png", full_page=True)

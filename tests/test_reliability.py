@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import ray
 import s3fs
+from artifacts import artifacts_dir
 from faults import TcpProxy, actor_pids
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -43,10 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _record(scenario: str, **figures) -> None:
     """Keep what a scenario measured, for the issue's note; printed too (``pytest -s``)."""
-    folder = Path(os.environ.get("BRAINTL_TEST_ARTIFACTS") or REPO / "test-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"scenario": scenario, **figures})
-    with (folder / "reliability.jsonl").open("a") as fh:
+    with (artifacts_dir() / "reliability.jsonl").open("a") as fh:
         fh.write(line + "\n")
     print(line)
 
