@@ -1,6 +1,6 @@
 """The deployments of ``deployments/prefect.yaml`` on a real Prefect server with a real process
 worker: an ad-hoc run triggered through the API as the UI does, its results in a real S3 server;
-the nightly schedule and concurrency limit read back."""
+the nightly schedule read back, and its concurrency limit keeping two nights apart."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ def test_nightly_schedule_and_concurrency_read_back(prefect_stack):
     assert nightly.global_concurrency_limit.limit == 1
     assert nightly.parameters["params"]["out_url"] == prefect_stack.out_url
     assert names == {"nightly-retrain", "adhoc-retrain", "cluster-sweep", "predict-folder"}
+
+
+@pytest.mark.slow
+def test_two_nightly_runs_never_overlap(prefect_stack):
+    """Started together (a late night meeting the next one), the second run waits for a slot."""
+    with api_client(prefect_stack.api_url) as client:
+        nightly = client.read_deployment_by_name("retrain/nightly-retrain")
+        runs = [client.create_flow_run_from_deployment(nightly.id) for _ in range(2)]
+    finals = [wait_for_final_state(run.id, prefect_stack) for run in runs]
+    assert all(final.state.is_completed() for final in finals), [f.state for f in finals]
+    first, second = sorted(finals, key=lambda final: final.start_time)
+    assert second.start_time >= first.end_time
 
 
 @pytest.mark.parametrize("kind", ["kubernetes", "docker"])
