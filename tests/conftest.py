@@ -64,6 +64,19 @@ def tensors_url(tmp_path_factory) -> str:
     return prepare(data, str(root / "out"), config).tensors_url
 
 
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A temporary Prefect server and database per test module, its results (the task cache)
+    under a temporary home; a generous start-up time, as Ray and training keep the CPUs busy."""
+    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect")
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
 @pytest.fixture
 def chromium():
     """Headless Chromium driven by Playwright (no browser download: Debian's build)."""

@@ -11,8 +11,6 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
-from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from braintl import folds
 from braintl.cli import build_parser
@@ -24,15 +22,6 @@ from flows.retrain import RetrainParams, retrain
 from tasks.data import STORAGE_RETRIES
 
 CV_NAMES = {f"cv-{m}-fold-{k}" for m in ("scratch_cnn-full", "mobilenet_v2-frozen") for k in (0, 1)}
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A temporary Prefect server and database; results (the task cache) under a temp home."""
-    home = tmp_path_factory.mktemp("prefect")
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
-    with temporary_settings(settings), prefect_test_harness():
-        yield
 
 
 @pytest.fixture

@@ -24,13 +24,7 @@ from artifacts import artifacts_dir
 from faults import TcpProxy, actor_pids
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_HOME,
-    PREFECT_LOCAL_STORAGE_PATH,
-    temporary_settings,
-)
-from prefect.testing.utilities import prefect_test_harness
+from prefect.settings import PREFECT_API_URL
 from ray import tune
 
 from braintl import runlease
@@ -48,16 +42,6 @@ def _record(scenario: str, **figures) -> None:
     with (artifacts_dir() / "reliability.jsonl").open("a") as fh:
         fh.write(line + "\n")
     print(line)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A temporary Prefect server for the in-process flows and the ``braintl run`` processes;
-    a generous start-up time, as the machine is busy with Ray and training."""
-    home = tmp_path_factory.mktemp("prefect")
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
-    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def _wait_for(condition, timeout: float, what: str, interval: float = 0.05):
