@@ -7,7 +7,9 @@ its own Prefect home, so the Prefect database holds this run only, then reads ba
 - every Prefect task run's start and end (through ``prefect.get_client()``);
 - the compute the work measured itself: each Ray Tune trial's ``time_total_s`` (its last
   ``result.json`` line, ending at that line's timestamp) and each fold's ``seconds`` (ending
-  when it wrote ``metrics.json``), plus the prepare task (decoding, augmentation, tensors).
+  when it wrote ``metrics.json``), plus the task runs whose body is one library computation
+  (:data:`WORK_TASKS`: prepare = decoding, augmentation, tensors; the report = plots, Grad-CAM,
+  bootstrap; the published model).
 
 Orchestration is the wall time during which none of that compute was running (process start,
 Prefect's server and task bookkeeping, Ray start-up and scheduling, result writing). Also given:
@@ -33,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "/work/shared/data/brain_mri"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "bench_run.json"
 TARGET_SHARE = 0.20
+# Task runs that wrap a single library computation: their whole duration is compute.
+WORK_TASKS = ("prepare", "aggregate", "report", "publish-model")
 
 
 def run_braintl(args: argparse.Namespace, out: Path, env: dict) -> tuple[dict, float]:
@@ -123,11 +127,11 @@ def _stage_rank(stage: str) -> int:
 def analyse(record: dict, wall: float, started: float, tasks: list[dict], cores: int) -> dict:
     run_dir = Path(record["run_url"])
     run = json.loads((run_dir / "run.json").read_text())
-    prepare = [
-        (t["start"], t["end"]) for t in tasks if t["name"].startswith("prepare") and t["end"]
+    work = [
+        (t["start"], t["end"]) for t in tasks if t["name"].startswith(WORK_TASKS) and t["end"]
     ]
     trials, folds = trial_intervals(run_dir), fold_intervals(run_dir)
-    compute = prepare + trials + folds
+    compute = work + trials + folds
     ended = started + wall
     windows = stage_windows(run, ended, tasks)
     rows = [{"stage": "start-up", "start": started, "end": windows[0][1]}]

@@ -5,7 +5,9 @@ N-epoch training run on fold 0, timed both ways with the same hyperparameters an
 
 - **braintl**: :func:`braintl.training.train` on the uint8 tensor cache (decoded once, by
   ``prepare``, timed separately) with the frozen-prefix feature cache, computed in the run (cold:
-  a fresh output folder per run, so the run pays for computing it).
+  a fresh copy of the tensors per run, so the run pays for computing it). That copy holds only
+  the run's training and validation images, the ones the naive loop reads: in a real sweep the
+  cache also covers the test and other folds' images, computed once for all of them.
 - **naive**: what a Keras-style script does. A torch ``DataLoader`` over the JPEG files that
   decodes every image every epoch with PIL and torchvision transforms (pad to a square, bicubic
   resize), the whole model (frozen backbone included) run every batch, validation likewise.
@@ -38,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from braintl.data.prepare import DataConfig, prepare
-from braintl.data.tensors import TensorSet
+from braintl.data.tensors import ARRAYS, Split, TensorSet
 from braintl.metrics import evaluate
 from braintl.models import apply_strategy, create_model, list_models, list_strategies
 from braintl.models.calibrate import calibrate_batchnorm
@@ -133,9 +135,20 @@ def naive_run(
     return {"seconds": time.perf_counter() - started, "history": history}
 
 
-def braintl_run(config: TrainConfig, tensors: TensorSet, train_idx, val_idx) -> dict:
+def subset(tensors: TensorSet, train_idx, val_idx) -> TensorSet:
+    """Only the training images then the validation images, as one validation fold."""
+    index = np.concatenate([train_idx, val_idx])
+    folds = (np.arange(len(train_idx), len(index)),)
+    split = Split(tensors.split.protocol, np.empty(0, np.int64), folds, tensors.split.leaky)
+    arrays = {name: getattr(tensors, name)[index] for name in ARRAYS}
+    return TensorSet(split=split, meta=tensors.meta, **arrays)
+
+
+def braintl_run(config: TrainConfig, tensors: TensorSet, n_train: int) -> dict:
+    """``train`` on a tensor set holding the training images first, then the validation ones."""
     started = time.perf_counter()
-    result = train(tensors, train_idx, val_idx, config)
+    index = np.arange(len(tensors))
+    result = train(tensors, index[:n_train], index[n_train:], config)
     seconds = time.perf_counter() - started
     # The final epoch's model, as the naive loop ends with it (train() keeps the best one).
     history = [{"val_auc": r["val_auc"], "val_acc": r["val_acc"]} for r in result.history]
@@ -188,8 +201,8 @@ def main() -> None:
             )
             # A fresh copy of the tensors per run, so every braintl run computes its cache.
             fresh = os.path.join(work, f"run-{name}-{strategy}")
-            tensors.save(fresh)
-            ours = braintl_run(config, TensorSet.load(fresh), train_idx, val_idx)
+            subset(tensors, train_idx, val_idx).save(fresh)
+            ours = braintl_run(config, TensorSet.load(fresh), len(train_idx))
             naive = naive_run(config, weights, files, tensors, train_idx, val_idx, args.workers)
             images = args.epochs * (len(train_idx) + len(val_idx))
             row = {

@@ -33,7 +33,7 @@ def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
     result = train(
         tensors, train_idx, val_idx, train_config, checkpoint_url=out.join("checkpoint.pt")
     )
-    evaluation = evaluate_split(result.model, tensors, val_idx)
+    evaluation = evaluate_split(result.model, tensors, val_idx, prefix=result.prefix)
     scores = evaluation.to_dict()
     metrics = json_safe(
         {

@@ -97,7 +97,7 @@ def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetric
         recall=float(skm.recall_score(y, pred, zero_division=np.nan)),
         specificity=_ratio(tn, tn + fp),
         f1=float(skm.f1_score(y, pred, zero_division=np.nan)),
-        auc=float(skm.roc_auc_score(y, p)) if both_classes else math.nan,
+        auc=_rank_auc(y, p) if both_classes else math.nan,
         brier=float(skm.brier_score_loss(y, p, labels=[0, 1])),
         ece=expected_calibration_error(y, p),
         tn=tn,
@@ -105,6 +105,31 @@ def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetric
         fn=fn,
         tp=tp,
     )
+
+
+def auc_and_accuracy(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> tuple[float, float]:
+    """The two scores the training loop records every epoch, without the rest of
+    :func:`evaluate` (sklearn's input checks cost more than a small head's epoch)."""
+    y, p = _check(y_true, prob)
+    both_classes = 0 < int(y.sum()) < len(y)
+    accuracy = float(np.mean((p >= threshold) == y))
+    return (_rank_auc(y, p) if both_classes else math.nan), accuracy
+
+
+def _rank_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC as the Mann–Whitney statistic on average ranks (ties count one half), which is
+    what ``sklearn.metrics.roc_auc_score`` computes; both classes must be present."""
+    order = np.argsort(p, kind="stable")
+    ordered = p[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]]
+    tie = np.cumsum(new) - 1  # tie group of each sorted position
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(p)]
+    ranks = np.empty(len(p))
+    ranks[order] = ((starts + ends + 1) / 2)[tie]  # 1-based average rank of each group
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def evaluate_at_thresholds(y_true, prob, youden: float) -> ThresholdedMetrics:

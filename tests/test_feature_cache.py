@@ -86,6 +86,13 @@ def _assert_same(cached, uncached, tensors: TensorSet) -> None:
         atol=1e-2,
     )
     _, val_idx = tensors.fold(0)
+    # Evaluation through the cache the run trained on scores the kept model as the whole does.
+    if cached.prefix is not None:
+        via_cache = evaluate_split(cached.model, tensors, val_idx, prefix=cached.prefix)
+        direct = evaluate_split(cached.model, tensors, val_idx)
+        for part in ("val_prob", "test_prob"):
+            np.testing.assert_allclose(getattr(via_cache, part), getattr(direct, part), atol=1e-5)
+        assert via_cache.threshold == pytest.approx(direct.threshold, abs=1e-5)
     scores = [
         _flat(evaluate_split(r.model, tensors, val_idx).to_dict()) for r in (cached, uncached)
     ]
@@ -131,6 +138,7 @@ def test_cached_training_equals_uncached(tensors, weights, name, strategy, caplo
     with caplog.at_level(logging.INFO, logger=FEATURES_LOG):
         cached = _train(tensors, **options)
     assert f"feature cache ({name} blocks" in caplog.text and "in memory" in caplog.text
+    assert cached.prefix is not None and uncached.prefix is None
     _assert_same(cached, uncached, tensors)
 
 

@@ -6,6 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from braintl.metrics import (
+    auc_and_accuracy,
     evaluate,
     evaluate_at_thresholds,
     expected_calibration_error,
@@ -31,6 +32,21 @@ def test_agrees_with_sklearn_on_random_arrays():
         assert m.auc == pytest.approx(skm.roc_auc_score(y, p))
         assert m.brier == pytest.approx(skm.brier_score_loss(y, p))
         assert m.confusion_matrix == skm.confusion_matrix(y, pred).tolist()
+
+
+def test_fast_auc_and_accuracy_equal_sklearn_with_ties():
+    """The training loop's per-epoch scores: ranks with ties averaged, as sklearn counts them."""
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(2, 80))
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)  # both classes
+        levels = rng.random(int(rng.integers(1, 6)))  # few distinct values: many ties
+        p = rng.choice(levels, n) if trial % 2 else rng.random(n)
+        auc, accuracy = auc_and_accuracy(y, p, threshold=0.4)
+        assert auc == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+        assert accuracy == pytest.approx(skm.accuracy_score(y, (p >= 0.4).astype(int)))
+    assert math.isnan(auc_and_accuracy([1, 1], [0.2, 0.9])[0])
 
 
 def test_hand_computed_example():

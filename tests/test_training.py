@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 
@@ -11,6 +10,7 @@ from braintl import metrics
 from braintl.data.tensors import Split, TensorSet
 from braintl.errors import UserError
 from braintl.metrics import youden_threshold
+from braintl.models import create_model, frozen_state_keys
 from braintl.training import (
     StopTraining,
     TrainConfig,
@@ -73,9 +73,9 @@ def scripted_auc(monkeypatch):
         values = iter(values)
 
         def scored(y, prob):
-            return dataclasses.replace(metrics.evaluate(y, prob), auc=next(values))
+            return next(values), metrics.auc_and_accuracy(y, prob)[1]
 
-        monkeypatch.setattr(loop, "evaluate", scored)
+        monkeypatch.setattr(loop, "auc_and_accuracy", scored)
 
     return script
 
@@ -188,6 +188,33 @@ def test_progressive_moves_on_while_validation_auc_improves(blobs, scripted_auc)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert model.plan.stage == 3 and trainable == model.plan.trainable
     assert model.plan.blocks == model.spec.block_names()[-3:]
+
+
+def test_snapshots_leave_frozen_blocks_out_and_restore_late_opened_ones(
+    blobs, scripted_auc, tmp_path
+):
+    """The best epoch falls in stage 1; stage 2 then trains one more block without beating it.
+    The returned model has that block at its starting weights, though no snapshot taken in
+    stage 1 held it, and the checkpoint holds only what training could change."""
+    scripted_auc([0.70, 0.60, 0.65, 0.60])
+    config = TrainConfig(**{**PROGRESSIVE, "epochs": 8, "progressive_epochs_per_stage": 2})
+    url = tmp_path / "checkpoint.pt"
+    result = train(blobs, *blobs.fold(0), config, checkpoint_url=str(url))
+    assert (result.best_epoch, result.stage_reached, result.stopped_by) == (1, 2, "progressive")
+    model = result.model
+    saved = torch.load(url, weights_only=True)["model"]
+    assert set(saved) == set(model.state_dict()) - frozen_state_keys(model, model.plan)
+    assert any(k.startswith("head.") for k in saved)
+    assert not any(k.startswith("backbone.features.0.") for k in saved)  # the stem stays out
+
+    torch.manual_seed(config.seed)
+    start = create_model("mobilenet_v2", head="gap", image_size=blobs.images.shape[-1])
+    block = model.spec.blocks[-2]  # opened in stage 2, after the best epoch
+    keys = [k for k in saved if block.owns(k.removeprefix("backbone."))]
+    assert keys
+    trained = model.state_dict()
+    for key in keys:
+        assert torch.equal(trained[key], start.state_dict()[key]), key
 
 
 def test_progressive_stops_when_blocks_run_out(blobs, scripted_auc):

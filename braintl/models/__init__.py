@@ -18,6 +18,7 @@ from braintl.models.strategies import (
     STRATEGIES,
     StrategyPlan,
     apply_strategy,
+    frozen_state_keys,
     list_strategies,
     resolve_strategy,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "WeightsError",
     "apply_strategy",
     "create_model",
+    "frozen_state_keys",
     "list_models",
     "list_strategies",
     "resolve_strategy",

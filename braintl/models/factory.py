@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -14,9 +15,11 @@ from braintl.models.registry import Entry, get_entry
 from braintl.models.weights import WeightsError, load_state_dict, read_state_dict
 
 
+@functools.lru_cache(maxsize=64)
 def _feature_shape(entry: Entry, image_size: int) -> tuple[int, int, int]:
     """(C, h, w) of the backbone's output, from a dry run on the meta device: no memory, no
-    arithmetic, so even VGG-16 at 224 px costs nothing."""
+    arithmetic, so even VGG-16 at 224 px costs little, and once per process (a sweep builds
+    the same model for every trial and fold)."""
     with torch.device("meta"):
         probe = entry.build(False).eval()
         try:

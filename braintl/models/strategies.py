@@ -97,6 +97,21 @@ def resolve_strategy(model: BrainTLModel, name: str, stage: int = 0) -> Strategy
     return StrategyPlan(name, stage, tuple(block.name for block in blocks), trainable)
 
 
+def frozen_state_keys(model: BrainTLModel, plan: StrategyPlan) -> frozenset[str]:
+    """The state-dict entries (parameters and buffers) of the backbone blocks ``plan`` keeps
+    frozen. Training cannot change them, so checkpoints and best-epoch snapshots leave them out:
+    a model rebuilt from the same weights already holds them."""
+    if plan.name == "full":
+        return frozenset()
+    opened = [block for block in model.spec.blocks if block.name in plan.blocks]
+    return frozenset(
+        key
+        for key in model.state_dict()
+        if key.startswith("backbone.")
+        and not any(block.owns(key.removeprefix("backbone.")) for block in opened)
+    )
+
+
 def apply_strategy(model: BrainTLModel, plan: StrategyPlan) -> None:
     """Set ``requires_grad`` to exactly ``plan.trainable`` and keep the BatchNorm layers of
     frozen blocks in eval mode (now and after every ``model.train()``), so their running

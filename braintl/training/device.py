@@ -41,6 +41,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def fused_adam(device: torch.device) -> bool:
+    """Whether Adam should update every parameter in one fused kernel: on CPU and CUDA it is
+    2-3× faster than the per-tensor loop (which dominates a small head's step) and computes the
+    same update up to rounding."""
+    return device.type in ("cpu", "cuda")
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     model = model.to(device)
     if device.type == "cuda":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,6 +11,9 @@ import torch
 from braintl.data.tensors import TensorSet
 from braintl.metrics import ThresholdedMetrics, evaluate_at_thresholds, youden_threshold
 from braintl.training.device import autocast, to_device
+
+if TYPE_CHECKING:
+    from braintl.training.features import PrefixCache
 
 EVAL_BATCH_SIZE = 64
 
@@ -83,15 +87,23 @@ def evaluate_split(
     test_idx: np.ndarray | None = None,
     batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
+    prefix: PrefixCache | None = None,
 ) -> SplitEvaluation:
     """Score ``model`` on validation and test images (``test_idx`` defaults to the split's test
-    part; pass an empty array to skip it). The Youden threshold comes from validation only."""
+    part; pass an empty array to skip it). The Youden threshold comes from validation only.
+    With ``prefix`` (``TrainResult.prefix``), the frozen blocks' output comes from that cache."""
     val_idx = np.asarray(val_idx, dtype=np.int64)
     test_idx = np.asarray(tensors.split.test if test_idx is None else test_idx, dtype=np.int64)
     if len(val_idx) == 0:
         raise ValueError("evaluate_split needs validation images to choose the threshold")
-    val_prob = predict_proba(model, tensors.images[val_idx], batch_size, device)
-    test_prob = predict_proba(model, tensors.images[test_idx], batch_size, device)
+    if prefix is None:
+        val_prob = predict_proba(model, tensors.images[val_idx], batch_size, device)
+        test_prob = predict_proba(model, tensors.images[test_idx], batch_size, device)
+    else:
+        val_prob, test_prob = (
+            torch.sigmoid(prefix.logits(model, idx, batch_size)).numpy()
+            for idx in (val_idx, test_idx)
+        )
     threshold = youden_threshold(tensors.labels[val_idx], val_prob)
     test = (
         evaluate_at_thresholds(tensors.labels[test_idx], test_prob, threshold)

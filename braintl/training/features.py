@@ -37,7 +37,7 @@ from braintl.data.tensors import TensorSet
 from braintl.models import BrainTLModel, StrategyPlan
 from braintl.storage import Location, resolve
 from braintl.training.device import BatchSource, autocast, to_device
-from braintl.training.evaluate import EVAL_BATCH_SIZE
+from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ class PrefixCache:
     def rows(self, index: np.ndarray) -> torch.Tensor:
         """The activations of the images at ``index``, on the host (for prediction)."""
         return torch.from_numpy(np.ascontiguousarray(self.features[index]))
+
+    def logits(self, model: BrainTLModel, index: np.ndarray, batch_size: int) -> torch.Tensor:
+        """``model``'s logits for the images at ``index``, running only the blocks from
+        ``start`` on (the model must share the cached prefix's frozen weights)."""
+        return predict_logits(TrainablePart(model, self.start), self.rows(index), batch_size)
 
 
 def first_trainable(model: BrainTLModel, plan: StrategyPlan) -> int:

@@ -11,6 +11,10 @@ Determinism: the seed fixes the model's initial weights, dropout and the shuffli
 (a dedicated ``torch.Generator``), and a checkpoint stores all three RNG states, so a resumed
 run continues exactly where an uninterrupted one would have been (on CPU; cuDNN kernels may
 add nondeterminism on GPUs).
+
+Checkpoints and the best epoch's snapshot hold only what training can change: the head and the
+opened blocks. Frozen blocks come back from the same ``weights`` when the model is rebuilt, so a
+frozen VGG-16's checkpoint is its head (a few MB), not the 126 MB of the whole model.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from torch import nn
 
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
-from braintl.metrics import evaluate, json_safe
-from braintl.models import apply_strategy, create_model, resolve_strategy
+from braintl.metrics import auc_and_accuracy, json_safe
+from braintl.models import apply_strategy, create_model, frozen_state_keys, resolve_strategy
 from braintl.storage import Location, resolve
 from braintl.training.config import RESUMABLE_CHANGES, TrainConfig
 from braintl.training.device import (
@@ -37,13 +41,15 @@ from braintl.training.device import (
     autocast,
     compiled,
     first_epoch_overhead,
+    fused_adam,
     prepare_model,
     resolve_device,
 )
 from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
-from braintl.training.features import TrainablePart, prefix_cache
+from braintl.training.features import PrefixCache, TrainablePart, prefix_cache
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: frozen blocks left out; 1 (whole model) still loads
+READABLE_FORMATS = (1, 2)
 
 # Why a run ended; a checkpoint with any reason but EPOCHS is final, EPOCHS can be extended.
 EPOCHS = "epochs"
@@ -72,6 +78,9 @@ class TrainResult:
     device: str
     seconds: float
     compile_seconds: float | None = None  # torch.compile's first-epoch overhead, when on
+    # The frozen-prefix cache the last epoch trained on, valid for the returned weights too
+    # (blocks frozen at the end were frozen throughout), so evaluation can skip the prefix.
+    prefix: PrefixCache | None = None
 
     def to_dict(self) -> dict:
         """Everything but the model, as strict JSON (undefined AUCs become ``None``)."""
@@ -144,9 +153,15 @@ class _Run:
         """Trainable parameters and a fresh Adam for the current stage (as Keras recompiles)."""
         self.plan = resolve_strategy(self.model, self.config.strategy, stage=self.state.stage)
         apply_strategy(self.model, self.plan)
+        self.frozen = frozen_state_keys(self.model, self.plan)
+        best = self.state.best_state
+        if best is not None:  # blocks opened now were frozen at the best epoch: keep those values
+            best.update({k: v for k, v in self.snapshot().items() if k not in best})
         groups = self.plan.param_groups(self.model, self.config.lr, self.config.backbone_lr_factor)
-        self.optimizer = torch.optim.Adam(groups, weight_decay=self.config.weight_decay)
-        self.inputs = None  # built by the next epoch: a resumed run reconfigures before one
+        self.optimizer = torch.optim.Adam(
+            groups, weight_decay=self.config.weight_decay, fused=fused_adam(self.device)
+        )
+        self.inputs = self.cache = None  # built by the next epoch (a resume reconfigures first)
 
     def build_inputs(self) -> None:
         """What the next epochs feed: with the feature cache on and a frozen prefix, its cached
@@ -155,6 +170,7 @@ class _Run:
         if self.config.feature_cache:
             budget = self.config.feature_memory_budget_mb
             cache = prefix_cache(self.model, self.plan, self.tensors, self.device, budget)
+        self.cache = cache
         if cache is None:
             self.net, self.inputs, self.val_inputs = self.model, self.batches, self.val_images
         else:
@@ -196,25 +212,23 @@ class _Run:
                 f"({self.config.backbone}, lr {self.config.lr}); lower the learning rate"
             )
         val_loss = self.loss_fn(logits, torch.from_numpy(self.val_labels).float()).item()
-        scores = evaluate(self.val_labels, torch.sigmoid(logits).numpy())
+        val_auc, val_acc = auc_and_accuracy(self.val_labels, torch.sigmoid(logits).numpy())
         state.epoch += 1
         record = {
             "epoch": state.epoch,
             "stage": state.stage,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            "val_auc": scores.auc,
-            "val_acc": scores.accuracy,
+            "val_auc": val_auc,
+            "val_acc": val_acc,
             "lr": max(group["lr"] for group in self.optimizer.param_groups),
             "seconds": time.perf_counter() - started,
         }
         state.history.append(record)
-        key = (scores.auc if math.isfinite(scores.auc) else -math.inf, -val_loss)
+        key = (val_auc if math.isfinite(val_auc) else -math.inf, -val_loss)
         if key > state.best_key:
             state.best_key, state.best_epoch = key, state.epoch
-            state.best_state = {
-                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
-            }
+            state.best_state = self.snapshot()
         self.decide()
         return record
 
@@ -238,13 +252,31 @@ class _Run:
             else:
                 state.stopped_by = PROGRESSIVE
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the state-dict entries training can change (all but the frozen blocks')."""
+        return {
+            k: v.detach().cpu().clone()
+            for k, v in self.model.state_dict().items()
+            if k not in self.frozen
+        }
+
+    def load(self, entries: dict[str, torch.Tensor], what: str) -> None:
+        """Load a snapshot onto the model, whose frozen blocks already hold their weights."""
+        outcome = self.model.load_state_dict(entries, strict=False)
+        missing = set(outcome.missing_keys) - self.frozen
+        if missing or outcome.unexpected_keys:
+            raise ValueError(
+                f"{what} does not fit {self.config.backbone}/{self.config.strategy}: missing "
+                f"{sorted(missing)[:3]}, unexpected {sorted(outcome.unexpected_keys)[:3]}"
+            )
+
     def checkpoint(self, data_key: str) -> dict:
         s = self.state
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.model_dump(),
             "data_key": data_key,
-            "model": self.model.state_dict(),
+            "model": self.snapshot(),
             "optimizer": self.optimizer.state_dict(),
             "rng": {
                 "generator": self.generator.get_state(),
@@ -275,8 +307,8 @@ class _Run:
             best_state=st["best_state"],
             stopped_by=st["stopped_by"],
         )
-        self.model.load_state_dict(payload["model"])
         self.configure()
+        self.load(payload["model"], "the checkpoint's model")
         self.optimizer.load_state_dict(payload["optimizer"])
         self.generator.set_state(payload["rng"]["generator"])
         torch.set_rng_state(payload["rng"]["torch"])
@@ -302,6 +334,10 @@ def train(
     result without training. A finished run's checkpoint accepts a larger ``epochs``.
     """
     train_idx, val_idx = _check_indices(tensors, train_idx, val_idx)
+    # Subnormal floats (the vanishing activations of a randomly initialised deep net) make x86
+    # arithmetic up to 100× slower; flushing them to zero changes only values below 1e-38.
+    # Process-wide and without a getter, so it stays on (a no-op where unsupported).
+    torch.set_flush_denormal(True)
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -335,7 +371,7 @@ def _train(
             state.stopped_by = state.stopped_by or CALLBACK
         if location is not None:
             _write_checkpoint(location, run.checkpoint(data_key))
-    run.model.load_state_dict(state.best_state)
+    run.load(state.best_state, "the best epoch's snapshot")
     run.model.eval()
     return TrainResult(
         model=run.model,
@@ -348,6 +384,7 @@ def _train(
         device=str(device),
         seconds=time.perf_counter() - started,
         compile_seconds=first_epoch_overhead(state.history) if config.compile else None,
+        prefix=run.cache,
     )
 
 
@@ -396,7 +433,7 @@ def _write_checkpoint(location: Location, payload: dict) -> None:
 def _read_checkpoint(location: Location, config: TrainConfig, data_key: str) -> dict:
     payload = torch.load(io.BytesIO(location.read_bytes()), map_location="cpu", weights_only=True)
     fix = "delete it or pass another checkpoint URL"
-    if payload.get("format") != CHECKPOINT_FORMAT:
+    if payload.get("format") not in READABLE_FORMATS:
         raise UserError(f"{location.url}: not a braintl training checkpoint; {fix}")
     if payload["data_key"] != data_key:
         raise UserError(f"{location.url}: written for other training data or folds; {fix}")
