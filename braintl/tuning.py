@@ -252,6 +252,9 @@ def run_sweep(
                 ),
                 num_samples=sweep.num_samples,
                 time_budget_s=sweep.time_budget_s,
+                # A finished trial's worker takes the next one: no new process importing torch
+                # and the library (about 6 s a trial on 2 cores), and the tensors stay mapped.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,

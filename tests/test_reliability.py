@@ -57,7 +57,7 @@ def _wait_for(condition, timeout: float, what: str, interval: float = 0.05):
 def test_killed_ray_worker_retries_its_trial_from_the_checkpoint(tensors_url, tmp_path):
     """SIGKILL every trial's worker process after its first epoch: Tune restarts each trial
     (FailureConfig), training continues after the checkpointed epoch, and the sweep completes."""
-    epochs = 4
+    epochs = 12  # a tiny epoch takes ~0.1 s: enough of them that the trials are alive to kill
     sweep = SweepConfig(num_samples=2, grace_period=epochs)  # no ASHA stops: every trial runs on
     storage = resolve(str(tmp_path / "sweep"))
     ray.shutdown()
@@ -84,7 +84,8 @@ def test_killed_ray_worker_retries_its_trial_from_the_checkpoint(tensors_url, tm
         # trials are alive once the first epoch is checkpointed.
         _wait_for(lambda: storage.fs.glob(checkpoints), 180, "a trial's first epoch")
         victims = actor_pids("ImplicitFunc")
-        assert victims, "no trial worker alive after the first checkpoint"
+        table = [(a["ActorClassName"], a["State"]) for a in ray._private.state.actors().values()]
+        assert victims, f"no trial worker alive after the first checkpoint: {table}"
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         killed = time.perf_counter()
