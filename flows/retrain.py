@@ -20,7 +20,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -237,6 +237,10 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+def _fold_files_exist(record: dict) -> bool:
+    return all(resolve(record[key]).exists() for key in ("metrics_url", "model_url"))
+
+
 def _table_rows(summary: dict) -> list[dict]:
     rows = []
     for model in summary["models"]:
@@ -276,7 +280,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         clock = time.perf_counter()
 
     data_url = data_source(params.data_url, params.out_url)
-    prepared = prepare_data(data_url, params.out_url, params.data_config(), snapshot(data_url))
+    inputs = (data_url, params.out_url, params.data_config(), snapshot(data_url))
+    prepared = prepare_data(*inputs)
+    if not resolve(prepared["tensors_url"]).is_complete():  # a cached record, its files deleted
+        prepared = prepare_data.with_options(refresh_cache=True)(*inputs)
     lap("prepare")
     run_key = params.run_key(prepared["fingerprint"])
     latest = read_latest(params.out_url)
@@ -320,32 +327,41 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         lap(f"sweep-{name}")
     write_run_file(run.url, "sweep.json", sweeps)
 
-    futures = []
-    for config in best.values():
+    def submit(config: dict, fold: int, refresh: bool) -> PrefectFuture:
         name = f"{config['backbone']}-{config['strategy']}"
-        for fold in range(params.folds):
-            task = train_fold.with_options(
-                task_run_name=f"cv-{name}-fold-{fold}", refresh_cache=params.force
-            )
-            futures.append(
-                task.submit(
-                    tensors_url,
-                    config,
-                    fold,
-                    run.join("folds", name, f"fold-{fold}").url,
-                    params.cpus_per_fold,
-                    params.gpus_per_fold,
-                    params.ray_address,
-                )
-            )
+        run_name = f"cv-{name}-fold-{fold}"
+        return train_fold.with_options(task_run_name=run_name, refresh_cache=refresh).submit(
+            tensors_url,
+            config,
+            fold,
+            run.join("folds", name, f"fold-{fold}").url,
+            params.cpus_per_fold,
+            params.gpus_per_fold,
+            params.ray_address,
+        )
+
+    jobs = [(config, fold) for config in best.values() for fold in range(params.folds)]
+    futures = {submit(*job, params.force): job for job in jobs}
     progress = create_progress_artifact(
         0.0, key="retrain-folds", description=f"cross-validation folds of run {run_id}"
     )
-    records = []
-    for future in as_completed(futures):
-        records.append(future.result())
-        update_progress_artifact(progress, 100 * len(records) / len(futures))
-        print(f"folds done: {len(records)}/{len(futures)}")
+    records: list[dict] = []
+    for attempt in ("first", "again"):
+        stale = []
+        for future in as_completed(list(futures)):
+            record, job = future.result(), futures[future]
+            if not _fold_files_exist(record):  # a cached record whose files were deleted
+                stale.append(job)
+                continue
+            records.append(record)
+            update_progress_artifact(progress, 100 * len(records) / len(jobs))
+            print(f"folds done: {len(records)}/{len(jobs)}")
+        if not stale:
+            break
+        if attempt == "again":
+            raise RuntimeError(f"{len(stale)} folds trained but their files are not in {run.url}")
+        print(f"{len(stale)} cached fold results point at deleted files: training them again")
+        futures = {submit(*job, True): job for job in stale}
     lap("cross-validation")
 
     summary = aggregate(records)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from braintl.models.registry import register
@@ -92,8 +93,19 @@ def vgg16(pretrained: bool) -> nn.Module:
     from torchvision.models import VGG16_Weights
     from torchvision.models import vgg16 as build
 
-    net = _torchvision("vgg16", build, VGG16_Weights.IMAGENET1K_V1, pretrained)
-    return nn.Sequential(OrderedDict(features=net.features))
+    if pretrained:
+        features = _torchvision("vgg16", build, VGG16_Weights.IMAGENET1K_V1, True).features
+    else:
+        # Its classifier (120 M parameters, dropped here) takes 2 s of random initialisation:
+        # build on the meta device and initialise the kept convolutions as torchvision does.
+        with torch.device("meta"):
+            features = build(weights=None).features
+        features = features.to_empty(device="cpu")
+        for module in features.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+    return nn.Sequential(OrderedDict(features=features))
 
 
 @register(
