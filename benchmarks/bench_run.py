@@ -127,9 +127,7 @@ def _stage_rank(stage: str) -> int:
 def analyse(record: dict, wall: float, started: float, tasks: list[dict], cores: int) -> dict:
     run_dir = Path(record["run_url"])
     run = json.loads((run_dir / "run.json").read_text())
-    work = [
-        (t["start"], t["end"]) for t in tasks if t["name"].startswith(WORK_TASKS) and t["end"]
-    ]
+    work = [(t["start"], t["end"]) for t in tasks if t["name"].startswith(WORK_TASKS) and t["end"]]
     trials, folds = trial_intervals(run_dir), fold_intervals(run_dir)
     compute = work + trials + folds
     ended = started + wall

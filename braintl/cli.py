@@ -5,24 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from braintl.commands import data, predict, report, run, train
+from braintl.commands import run
 from braintl.errors import UserError
-
-COMMANDS = (data, train, run, predict, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from braintl.commands import data, predict, report, train  # torch, scikit-learn, ...
+
     parser = argparse.ArgumentParser(
         prog="braintl",
         description="Transfer-learning experiments on brain MRI: data, training, runs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
+    for module in (data, train, run, predict, report):
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["run"] and not {"-h", "--help"} & set(sys.argv):
+        run.start_ephemeral_prefect()  # from the command line: its ~7 s overlap the imports
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -19,7 +19,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn import metrics as skm
 
 DEFAULT_THRESHOLD = 0.5
 ECE_BINS = 10
@@ -84,21 +83,22 @@ def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetric
     y, p = _check(y_true, prob)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-    pred = (p >= threshold).astype(np.int64)
-    (tn, fp), (fn, tp) = skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+    pred = p >= threshold
+    tp, fp = int(np.sum(pred & (y == 1))), int(np.sum(pred & (y == 0)))
+    fn, tn = int(np.sum(~pred & (y == 1))), int(np.sum(~pred & (y == 0)))
     both_classes = 0 < int(y.sum()) < len(y)
     return BinaryMetrics(
         threshold=float(threshold),
         n=len(y),
         n_tumor=tp + fn,
         n_no_tumor=tn + fp,
-        accuracy=float(skm.accuracy_score(y, pred)),
-        precision=float(skm.precision_score(y, pred, zero_division=np.nan)),
-        recall=float(skm.recall_score(y, pred, zero_division=np.nan)),
+        accuracy=(tp + tn) / len(y),
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, tp + fn),
         specificity=_ratio(tn, tn + fp),
-        f1=float(skm.f1_score(y, pred, zero_division=np.nan)),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
         auc=_rank_auc(y, p) if both_classes else math.nan,
-        brier=float(skm.brier_score_loss(y, p, labels=[0, 1])),
+        brier=float(np.mean((p - y) ** 2)),
         ece=expected_calibration_error(y, p),
         tn=tn,
         fp=fp,
@@ -109,7 +109,7 @@ def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetric
 
 def auc_and_accuracy(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> tuple[float, float]:
     """The two scores the training loop records every epoch, without the rest of
-    :func:`evaluate` (sklearn's input checks cost more than a small head's epoch)."""
+    :func:`evaluate`."""
     y, p = _check(y_true, prob)
     both_classes = 0 < int(y.sum()) < len(y)
     accuracy = float(np.mean((p >= threshold) == y))
@@ -118,7 +118,8 @@ def auc_and_accuracy(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> tupl
 
 def _rank_auc(y: np.ndarray, p: np.ndarray) -> float:
     """ROC AUC as the Mann–Whitney statistic on average ranks (ties count one half), which is
-    what ``sklearn.metrics.roc_auc_score`` computes; both classes must be present."""
+    what ``sklearn.metrics.roc_auc_score`` computes; both classes must be present. In numpy, as
+    all of this module's scores: a training worker need not import scikit-learn (~1 s)."""
     order = np.argsort(p, kind="stable")
     ordered = p[order]
     new = np.r_[True, ordered[1:] != ordered[:-1]]
@@ -148,12 +149,23 @@ def youden_threshold(y_val, p_val) -> float:
     y, p = _check(y_val, p_val)
     if not 0 < int(y.sum()) < len(y):
         return DEFAULT_THRESHOLD
-    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thresholds = roc_points(y, p)
     j = tpr - fpr
     best = int(np.argmax(j))
     if j[best] <= 0:
         return DEFAULT_THRESHOLD
     return float(thresholds[best])
+
+
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, threshold) at every distinct probability, highest threshold first: the
+    points of ``sklearn.metrics.roc_curve(y, p, drop_intermediate=False)`` but its (0, 0)."""
+    order = np.argsort(-p, kind="stable")
+    ordered, hits = p[order], y[order]
+    last = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), len(p) - 1]  # end of each value
+    tp = np.cumsum(hits)[last]
+    fp = (last + 1) - tp
+    return fp / (len(y) - hits.sum()), tp / hits.sum(), ordered[last]
 
 
 def expected_calibration_error(y_true, prob, n_bins: int = ECE_BINS) -> float:

@@ -10,6 +10,7 @@ from braintl.metrics import (
     evaluate,
     evaluate_at_thresholds,
     expected_calibration_error,
+    roc_points,
     youden_threshold,
 )
 
@@ -47,6 +48,19 @@ def test_fast_auc_and_accuracy_equal_sklearn_with_ties():
         assert auc == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
         assert accuracy == pytest.approx(skm.accuracy_score(y, (p >= 0.4).astype(int)))
     assert math.isnan(auc_and_accuracy([1, 1], [0.2, 0.9])[0])
+
+
+def test_roc_points_are_sklearns_without_its_origin():
+    rng = np.random.default_rng(2)
+    for trial in range(200):
+        n = int(rng.integers(2, 60))
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        p = rng.choice(rng.random(4), n) if trial % 2 else rng.random(n)
+        fpr, tpr, thresholds = roc_points(y, p)
+        want = skm.roc_curve(y, p, drop_intermediate=False)
+        for got, expected in zip((fpr, tpr, thresholds), want, strict=True):
+            np.testing.assert_allclose(got, expected[1:], rtol=0, atol=1e-12)
 
 
 def test_hand_computed_example():

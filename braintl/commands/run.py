@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import threading
 import time
 
@@ -56,9 +57,11 @@ def params_from_args(args: argparse.Namespace) -> dict:
     return params
 
 
-def _start_ephemeral_prefect() -> threading.Thread | None:
-    """Start Prefect's ephemeral server (the flow call would start it first, for ~10 s) while
-    the flow's modules import (torch, Ray, scikit-learn: ~7 s); None with a server configured."""
+@functools.cache
+def start_ephemeral_prefect() -> threading.Thread | None:
+    """Start Prefect's ephemeral server in the background; None with a server configured.
+    ``braintl run`` calls it before importing anything heavy, so the server's ~7 s start
+    overlaps the ~7 s of importing torch, Ray and the flow. Once per process."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
@@ -79,7 +82,6 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def run_flow(args: argparse.Namespace) -> int:
-    server = _start_ephemeral_prefect()
     from flows.retrain import RetrainParams, retrain
 
     try:
@@ -89,6 +91,7 @@ def run_flow(args: argparse.Namespace) -> int:
             f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()
         )
         raise UserError(f"bad parameter value: {problems}") from None
+    server = start_ephemeral_prefect()  # the one braintl.cli started, if it did
     if server is not None:
         server.join()
     start = time.perf_counter()
