@@ -107,15 +107,6 @@ def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetric
     )
 
 
-def auc_and_accuracy(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> tuple[float, float]:
-    """The two scores the training loop records every epoch, without the rest of
-    :func:`evaluate`."""
-    y, p = _check(y_true, prob)
-    both_classes = 0 < int(y.sum()) < len(y)
-    accuracy = float(np.mean((p >= threshold) == y))
-    return (_rank_auc(y, p) if both_classes else math.nan), accuracy
-
-
 def _rank_auc(y: np.ndarray, p: np.ndarray) -> float:
     """ROC AUC as the Mann–Whitney statistic on average ranks (ties count one half), which is
     what ``sklearn.metrics.roc_auc_score`` computes; both classes must be present. In numpy, as

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -73,9 +74,9 @@ def scripted_auc(monkeypatch):
         values = iter(values)
 
         def scored(y, prob):
-            return next(values), metrics.auc_and_accuracy(y, prob)[1]
+            return dataclasses.replace(metrics.evaluate(y, prob), auc=next(values))
 
-        monkeypatch.setattr(loop, "auc_and_accuracy", scored)
+        monkeypatch.setattr(loop, "evaluate", scored)
 
     return script
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
-from braintl.metrics import auc_and_accuracy, json_safe
+from braintl.metrics import evaluate, json_safe
 from braintl.models import apply_strategy, create_model, frozen_state_keys, resolve_strategy
 from braintl.storage import Location, resolve
 from braintl.training.config import RESUMABLE_CHANGES, TrainConfig
@@ -212,20 +212,20 @@ class _Run:
                 f"({self.config.backbone}, lr {self.config.lr}); lower the learning rate"
             )
         val_loss = self.loss_fn(logits, torch.from_numpy(self.val_labels).float()).item()
-        val_auc, val_acc = auc_and_accuracy(self.val_labels, torch.sigmoid(logits).numpy())
+        scores = evaluate(self.val_labels, torch.sigmoid(logits).numpy())
         state.epoch += 1
         record = {
             "epoch": state.epoch,
             "stage": state.stage,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            "val_auc": val_auc,
-            "val_acc": val_acc,
+            "val_auc": scores.auc,
+            "val_acc": scores.accuracy,
             "lr": max(group["lr"] for group in self.optimizer.param_groups),
             "seconds": time.perf_counter() - started,
         }
         state.history.append(record)
-        key = (val_auc if math.isfinite(val_auc) else -math.inf, -val_loss)
+        key = (scores.auc if math.isfinite(scores.auc) else -math.inf, -val_loss)
         if key > state.best_key:
             state.best_key, state.best_epoch = key, state.epoch
             state.best_state = self.snapshot()
