@@ -12,6 +12,11 @@ N-epoch training run on fold 0, timed both ways with the same hyperparameters an
   decodes every image every epoch with PIL and torchvision transforms (pad to a square, bicubic
   resize), the whole model (frozen backbone included) run every batch, validation likewise.
 
+Each run happens in a fresh process of its own (spawned), so neither inherits the other's
+process-wide state: braintl's ``train()`` switches glibc to reusing freed memory
+(:mod:`braintl.training.host_memory`), which a plain script does not do. ``--naive-malloc
+reuse`` gives the naive loop that same setting, to show how much of the ratio it accounts for.
+
 Weights: no ImageNet download here, so random weights with BatchNorm statistics measured on the
 training images (:mod:`braintl.models.calibrate`), the same for both paths. Final validation
 AUC and accuracy of both are reported side by side; the two loops draw different shuffles and
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -46,6 +52,7 @@ from braintl.models import apply_strategy, create_model, list_models, list_strat
 from braintl.models.calibrate import calibrate_batchnorm
 from braintl.models.strategies import resolve_strategy
 from braintl.training import TrainConfig, train
+from braintl.training.host_memory import reuse_freed_memory
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "bench_training.json"
 DEFAULT_DATA = os.path.join(os.environ.get("BRAINTL_DATA_DIR", "../shared/data"), "brain_mri")
@@ -85,15 +92,21 @@ def _pad_to_square(image: Image.Image) -> Image.Image:
 
 def naive_run(
     config: TrainConfig,
-    weights: str,
     files: list[str],
-    tensors: TensorSet,
+    tensors_url: str,
     train_idx,
     val_idx,
     workers: int,
+    malloc: str,
 ) -> dict:
     """The Keras-style loop: decode every epoch, run the whole model every batch."""
+    if malloc == "reuse":
+        reuse_freed_memory()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    tensors = TensorSet.load(tensors_url)
     size = tensors.images.shape[-1]
+    weights = config.weights
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     model = create_model(config.backbone, weights=weights, image_size=size)
@@ -144,8 +157,9 @@ def subset(tensors: TensorSet, train_idx, val_idx) -> TensorSet:
     return TensorSet(split=split, meta=tensors.meta, **arrays)
 
 
-def braintl_run(config: TrainConfig, tensors: TensorSet, n_train: int) -> dict:
+def braintl_run(config: TrainConfig, tensors_url: str, n_train: int) -> dict:
     """``train`` on a tensor set holding the training images first, then the validation ones."""
+    tensors = TensorSet.load(tensors_url)
     started = time.perf_counter()
     index = np.arange(len(tensors))
     result = train(tensors, index[:n_train], index[n_train:], config)
@@ -153,6 +167,12 @@ def braintl_run(config: TrainConfig, tensors: TensorSet, n_train: int) -> dict:
     # The final epoch's model, as the naive loop ends with it (train() keeps the best one).
     history = [{"val_auc": r["val_auc"], "val_acc": r["val_acc"]} for r in result.history]
     return {"seconds": seconds, "history": history}
+
+
+def in_fresh_process(function, *args) -> dict:
+    """``function(*args)`` in a newly spawned interpreter, which exits afterwards."""
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(function, args)
 
 
 def main() -> None:
@@ -166,6 +186,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list_models())
     parser.add_argument("--threads", type=int, default=None, help="torch threads (both paths)")
     parser.add_argument("--workers", type=int, default=0, help="naive DataLoader workers")
+    parser.add_argument(
+        "--naive-malloc",
+        choices=("default", "reuse"),
+        default="default",
+        help="the naive loop's allocator: a plain script's, or braintl's reuse of freed memory",
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
     if args.threads:
@@ -202,8 +228,17 @@ def main() -> None:
             # A fresh copy of the tensors per run, so every braintl run computes its cache.
             fresh = os.path.join(work, f"run-{name}-{strategy}")
             subset(tensors, train_idx, val_idx).save(fresh)
-            ours = braintl_run(config, TensorSet.load(fresh), len(train_idx))
-            naive = naive_run(config, weights, files, tensors, train_idx, val_idx, args.workers)
+            ours = in_fresh_process(braintl_run, config, fresh, len(train_idx))
+            naive = in_fresh_process(
+                naive_run,
+                config,
+                files,
+                prepared.tensors_url,
+                train_idx,
+                val_idx,
+                args.workers,
+                args.naive_malloc,
+            )
             images = args.epochs * (len(train_idx) + len(val_idx))
             row = {
                 "backbone": name,

@@ -47,6 +47,7 @@ from braintl.training.device import (
 )
 from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
 from braintl.training.features import PrefixCache, TrainablePart, prefix_cache
+from braintl.training.host_memory import reuse_freed_memory
 
 CHECKPOINT_FORMAT = 2  # 2: frozen blocks left out; 1 (whole model) still loads
 READABLE_FORMATS = (1, 2)
@@ -338,6 +339,7 @@ def train(
     # arithmetic up to 100× slower; flushing them to zero changes only values below 1e-38.
     # Process-wide and without a getter, so it stays on (a no-op where unsupported).
     torch.set_flush_denormal(True)
+    reuse_freed_memory()  # large batch tensors come back from the heap, not fresh pages
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
