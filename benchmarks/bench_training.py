@@ -106,10 +106,9 @@ def naive_run(
         torch.set_num_threads(config.num_threads)
     tensors = TensorSet.load(tensors_url)
     size = tensors.images.shape[-1]
-    weights = config.weights
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    model = create_model(config.backbone, weights=weights, image_size=size)
+    model = create_model(config.backbone, weights=config.weights, image_size=size)
     plan = resolve_strategy(model, config.strategy)
     apply_strategy(model, plan)
     groups = plan.param_groups(model, config.lr, config.backbone_lr_factor)
