@@ -30,6 +30,7 @@ from ray import tune
 from braintl import runlease
 from braintl.results import PARTS
 from braintl.storage import resolve
+from braintl.training import pause
 from braintl.tuning import SweepConfig, run_sweep
 from flows.retrain import RetrainParams, retrain
 
@@ -54,14 +55,21 @@ def _wait_for(condition, timeout: float, what: str, interval: float = 0.05):
 
 
 @pytest.mark.slow
-def test_killed_ray_worker_retries_its_trial_from_the_checkpoint(tensors_url, tmp_path):
+def test_killed_ray_worker_retries_its_trial_from_the_checkpoint(
+    tensors_url, tmp_path, monkeypatch
+):
     """SIGKILL every trial's worker process after its first epoch: Tune restarts each trial
-    (FailureConfig), training continues after the checkpointed epoch, and the sweep completes."""
-    epochs = 12  # a tiny epoch takes ~0.1 s: enough of them that the trials are alive to kill
-    sweep = SweepConfig(num_samples=2, grace_period=epochs)  # no ASHA stops: every trial runs on
+    (FailureConfig), training continues after the checkpointed epoch, and the sweep completes.
+
+    Each trial holds right after checkpointing epoch 1 (:mod:`braintl.training.pause`) until the
+    test has killed it, so there is a worker alive to kill on any CPU, however fast its epochs."""
+    epochs, samples = 4, 2
+    sweep = SweepConfig(num_samples=samples, grace_period=epochs)  # no ASHA stops
     storage = resolve(str(tmp_path / "sweep"))
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(pause.PAUSE_ENV, f"1:{gate}")  # before ray.init: the workers inherit it
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=samples, include_dashboard=False, log_to_driver=False)
     outcome: dict = {}
 
     def sweep_in_background() -> None:
@@ -79,16 +87,13 @@ def test_killed_ray_worker_retries_its_trial_from_the_checkpoint(tensors_url, tm
     try:
         driver = threading.Thread(target=sweep_in_background)
         driver.start()
-        checkpoints = f"{storage.path}/sweep-trial-checkpoints/*.pt"
-        # On a quiet machine one trial may finish before the other starts: kill whichever
-        # trials are alive once the first epoch is checkpointed.
-        _wait_for(lambda: storage.fs.glob(checkpoints), 180, "a trial's first epoch")
-        victims = actor_pids("ImplicitFunc")
-        table = [(a["ActorClassName"], a["State"]) for a in ray._private.state.actors().values()]
-        assert victims, f"no trial worker alive after the first checkpoint: {table}"
+        # One CPU a trial: both trials run at once, and both hold after epoch 1.
+        victims = _wait_for(lambda: _paused(gate, samples), 300, "both trials' epoch 1")
+        assert set(victims) <= set(actor_pids("ImplicitFunc")), "paused trials are Tune's actors"
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         killed = time.perf_counter()
+        (gate / pause.RELEASE).touch()  # nothing holds the restarted trials
         driver.join(timeout=300)
         recovery = time.perf_counter() - killed
         assert not driver.is_alive(), "the sweep did not finish after its workers were killed"
@@ -100,18 +105,17 @@ def test_killed_ray_worker_retries_its_trial_from_the_checkpoint(tensors_url, tm
     assert [(t["error"], t["epochs_run"]) for t in result["trials"]] == [(None, epochs)] * 2
     assert set(result["best"]) == {"scratch_cnn/full"}
     analysis = tune.ExperimentAnalysis(storage.join("sweep").path)
-    failures = [t.num_failures for t in analysis.trials]
-    assert sum(failures) == len(victims) and max(failures) == 1  # each victim restarted once
-    resumed_at = []
+    assert [t.num_failures for t in analysis.trials] == [1] * samples  # each restarted once
     for frame in analysis.trial_dataframes.values():
-        before, after = _split_at_restart(frame)
-        assert before == list(range(1, len(before) + 1)) and after[-1] == epochs
-        assert after == list(range(after[0], epochs + 1))
-        if before:  # at most the epoch whose checkpoint was still being written is trained again
-            assert after[0] in (before[-1], before[-1] + 1), (before, after)
-            resumed_at.append(after[0])
-    assert max(resumed_at, default=1) > 1, "no trial resumed from its checkpoint"
+        # Killed after epoch 1 was checkpointed: the new worker goes on with epoch 2.
+        assert _split_at_restart(frame) == ([1], list(range(2, epochs + 1)))
     _record("worker-loss", outcome="recovered", killed=len(victims), recovery_s=round(recovery, 1))
+
+
+def _paused(gate: Path, count: int) -> list[int] | None:
+    """Process ids of the runs holding at the pause point, once there are ``count``."""
+    pids = [int(p.name.removeprefix("paused-")) for p in gate.glob("paused-*")]
+    return pids if len(pids) == count else None
 
 
 def _split_at_restart(frame) -> tuple[list[int], list[int]]:
@@ -206,10 +210,13 @@ RUN_OPTIONS = (
 LEASE_S = 15  # a run's lease in these processes: a killed run is resumable this long after
 
 
-def _start_run(out: Path, home: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+def _start_run(
+    out: Path, home: Path, *extra: str, pause_at: Path | None = None
+) -> tuple[subprocess.Popen, Path]:
     """``braintl run`` in its own process group, against the test's Prefect server, with its
     own PREFECT_HOME (where the task cache lives) so a rerun finds what the first run cached,
-    and a run lease of LEASE_S seconds."""
+    and a run lease of LEASE_S seconds; with ``pause_at``, its training holds after epoch 1's
+    checkpoint until the test releases it (:mod:`braintl.training.pause`)."""
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"run-{len(list(home.glob('run-*.log')))}.log"
     env = {
@@ -218,6 +225,8 @@ def _start_run(out: Path, home: Path, *extra: str) -> tuple[subprocess.Popen, Pa
         "PREFECT_HOME": str(home),
         runlease.SECONDS_ENV: str(LEASE_S),
     }
+    if pause_at is not None:
+        env[pause.PAUSE_ENV] = f"1:{pause_at}"
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [Path(sys.executable).with_name("braintl"), "run", "--out", str(out), *RUN_OPTIONS]
@@ -302,10 +311,10 @@ def test_killed_flow_process_resumes_and_matches_an_uninterrupted_run(concurrent
     takes prepare from the cache, restores the sweep, completes the same run, and scores
     exactly as the uninterrupted run with the same settings and seed."""
     out, home = tmp_path / "out", tmp_path / "prefect-home"
-    proc, log = _start_run(out, home)
-    checkpoints = "runs/*/sweep/random-init-trial-checkpoints/*.pt"
-    try:
-        _wait_for(lambda: list(out.glob(checkpoints)) or proc.poll() is not None, 600, "epoch 1")
+    gate = tmp_path / "gate"
+    proc, log = _start_run(out, home, pause_at=gate)
+    try:  # the sweep's trial holds after epoch 1's checkpoint until killed
+        _wait_for(lambda: _paused(gate, 1) or proc.poll() is not None, 600, "the sweep's epoch 1")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

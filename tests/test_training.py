@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tolerances import logit_tolerance
 from torch import nn
 
 from braintl import metrics
@@ -20,6 +21,7 @@ from braintl.training import (
     predict_proba,
     train,
 )
+from braintl.training.evaluate import predict_logits
 
 
 def blob_tensors(n=96, size=32, seed=0, noise_labels=False) -> TensorSet:
@@ -115,11 +117,15 @@ def test_best_epoch_weights_are_returned(blobs, scripted_auc):
     result = train(blobs, train_idx, val_idx, TrainConfig(**{**FAST, "epochs": 4}))
     assert result.best_epoch == 2 and result.best_val_auc == 0.9
     # the returned weights reproduce epoch 2's validation loss, not the last epoch's
-    prob = predict_proba(result.model, blobs.images[val_idx])
+    images = blobs.images[val_idx]
+    logits = predict_logits(result.model, images)
     y = torch.from_numpy(blobs.labels[val_idx]).float()
-    loss = nn.functional.binary_cross_entropy(torch.from_numpy(prob), y).item()
-    assert loss == pytest.approx(result.history[1]["val_loss"], rel=1e-5)
-    assert loss != pytest.approx(result.history[3]["val_loss"], rel=1e-5)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, y).item()
+    # The loss's slope in each logit is at most 1, so it moves no more than the logits do
+    # between two evaluations (see tolerances); epoch 4's loss lies further away.
+    tol = logit_tolerance(result.model, images)
+    assert loss == pytest.approx(result.history[1]["val_loss"], abs=tol)
+    assert loss != pytest.approx(result.history[3]["val_loss"], abs=tol)
 
 
 def test_callback_sees_every_epoch_and_can_stop(blobs):

@@ -14,6 +14,7 @@ import ray
 from pydantic import ValidationError
 
 from braintl.storage import resolve
+from braintl.training import pause
 from braintl.tuning import SweepConfig, run_sweep, trial_config
 
 PAIRS = [("scratch_cnn", "full"), ("mobilenet_v2", "frozen")]
@@ -154,24 +155,26 @@ run_sweep(sys.argv[1], [("scratch_cnn", "full")], {"epochs": 3, "weights": "none
 
 def test_interrupted_sweep_resumes_trials_from_their_checkpoints(local_ray, tensors_url, tmp_path):
     """Kill a sweep's driver (and with it its Ray) mid-trial; the rerun restores the experiment
-    and the interrupted trials continue from their per-epoch checkpoints."""
+    and the interrupted trials continue from their per-epoch checkpoints. The trial holds after
+    epoch 1's checkpoint (:mod:`braintl.training.pause`) until the kill, on any CPU."""
     storage = resolve(str(tmp_path / "storage"))
+    gate = tmp_path / "gate"
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_SWEEP, tensors_url, storage.url],
+        env={**os.environ, pause.PAUSE_ENV: f"1:{gate}"},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        checkpoints = storage.fs.glob(f"{storage.path}/sweep-trial-checkpoints/*.pt")
         state = storage.fs.glob(f"{storage.path}/sweep/experiment_state*.json")
-        if checkpoints and state:
+        if state and list(gate.glob("paused-*")):
             break
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert checkpoints and state, "the sweep did not checkpoint in time"
+    assert state and list(gate.glob("paused-*")), "the sweep did not checkpoint in time"
     result = run_sweep(
         tensors_url,
         [("scratch_cnn", "full")],
@@ -182,4 +185,4 @@ def test_interrupted_sweep_resumes_trials_from_their_checkpoints(local_ray, tens
     assert result["restored"]
     [trial] = result["trials"]
     assert (trial["error"], trial["epochs_run"]) == (None, 3)
-    assert trial["reports"] < 3, trial  # only the epochs after the checkpoint ran again
+    assert trial["reports"] == 2, trial  # epochs 2 and 3: only those after the checkpoint

@@ -11,6 +11,11 @@ from braintl.models.heads import Head
 from braintl.models.spec import BackboneSpec
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or as it is when wider (float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class BrainTLModel(nn.Module):
     """Backbone + head behind one contract: pixels in, one tumor logit per image out.
 
@@ -32,8 +37,8 @@ class BrainTLModel(nn.Module):
         self.config = config  # create_model's arguments bar weights: enough to rebuild the model
         self.plan = None  # the StrategyPlan last applied
         self.frozen_bn: tuple[str, ...] = ()
-        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255  # the default dtype, float32
+        std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
         # The backbone as its blocks' modules in forward order (a plain list: no second
@@ -70,9 +75,10 @@ class BrainTLModel(nn.Module):
         return h
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits [N] from a feature map, e.g. one read back from a feature cache. Always
-        float32, also under bf16 autocast, so losses and probabilities keep their precision."""
-        return self.head(features).float()
+        """Logits [N] from a feature map, e.g. one read back from a feature cache. At least
+        float32, also under bf16 autocast, so losses and probabilities keep their precision
+        (float64 for a float64 model, which tests use to compare paths free of rounding)."""
+        return at_least_float32(self.head(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.features(x))

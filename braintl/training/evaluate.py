@@ -29,14 +29,15 @@ def predict_logits(
     batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Tumor logits (float32, on the CPU) for uint8 N×3×H×W images; puts the model in eval mode."""
+    """Tumor logits (float32, or float64 for a float64 model; on the CPU) for uint8 N×3×H×W
+    images; puts the model in eval mode."""
     device = device or _model_device(model)
     images = torch.as_tensor(images)
     model.eval()
     out = []
     with autocast(device):
         for start in range(0, len(images), batch_size):
-            out.append(model(to_device(images[start : start + batch_size], device)).float())
+            out.append(model(to_device(images[start : start + batch_size], device)))
     if not out:
         return torch.empty(0)
     return torch.cat(out).cpu()

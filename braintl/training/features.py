@@ -35,6 +35,7 @@ from torch import nn
 
 from braintl.data.tensors import TensorSet
 from braintl.models import BrainTLModel, StrategyPlan
+from braintl.models.model import at_least_float32
 from braintl.storage import Location, resolve
 from braintl.training.device import BatchSource, autocast, to_device
 from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
@@ -59,8 +60,9 @@ class TrainablePart(nn.Module):
 
 @dataclass
 class PrefixCache:
-    """Activations entering block ``start`` for every image (float32 N×C×h×w, in memory or
-    memory-mapped), handed out in training batches on the device by ``source``."""
+    """Activations entering block ``start`` for every image (N×C×h×w float32, float64 for a
+    float64 model; in memory or memory-mapped), handed out in training batches on the device
+    by ``source``."""
 
     start: int
     features: np.ndarray
@@ -95,7 +97,8 @@ def prefix_cache(
     if start == 0:
         return None
     shape = (len(tensors), *_activation_shape(model, start, tensors.images, device))
-    megabytes = math.prod(shape) * 4 / 2**20
+    dtype = _cache_dtype(model)
+    megabytes = math.prod(shape) * dtype.itemsize / 2**20
     within = megabytes <= budget_mb
     location = _location(model, start, tensors)
     what = f"{model.spec.name} blocks 1-{start}, {megabytes:.0f} MB"
@@ -109,14 +112,14 @@ def prefix_cache(
         )
         return None
     if location is None:
-        features = _compute(model, start, tensors.images, np.empty(shape, np.float32), device)
+        features = _compute(model, start, tensors.images, np.empty(shape, dtype), device)
         reused = False
     else:
         reused = location.is_complete()
         features = (
             _read(location, within)
             if reused
-            else _publish(location, model, start, tensors.images, shape, device, within)
+            else _publish(location, model, start, tensors.images, shape, dtype, device, within)
         )
     mode = "memory" if within else "disk"
     if within:
@@ -130,6 +133,12 @@ def prefix_cache(
         )
     source = BatchSource(features, device, resident=None if within else False)
     return PrefixCache(start, features, source, mode)
+
+
+def _cache_dtype(model: BrainTLModel) -> np.dtype:
+    """float32 (also for bf16 autocast), or float64 for a float64 model."""
+    wide = torch.promote_types(next(model.parameters()).dtype, torch.float32)
+    return np.dtype(str(wide).removeprefix("torch."))
 
 
 def _activation_shape(
@@ -178,7 +187,7 @@ def _compute(
         with autocast(device):
             for first in range(0, len(images), EVAL_BATCH_SIZE):
                 batch = to_device(torch.from_numpy(images[first : first + EVAL_BATCH_SIZE]), device)
-                activations = model.prefix(batch, start).float().cpu().numpy()
+                activations = at_least_float32(model.prefix(batch, start)).cpu().numpy()
                 if out is None:
                     chunks.append(activations)
                 else:
@@ -194,20 +203,21 @@ def _publish(
     start: int,
     images: np.ndarray,
     shape: tuple[int, ...],
+    dtype: np.dtype,
     device: torch.device,
     within: bool,
 ) -> np.ndarray:
     """Compute the cache and write it atomically (file, then completion marker)."""
     target = location.join(FILE)
     if location.protocol != "file":  # only caches within the budget get here
-        features = _compute(model, start, images, np.empty(shape, np.float32), device)
+        features = _compute(model, start, images, np.empty(shape, dtype), device)
         target.write_array(features)
         location.mark_complete({"shape": list(shape)})
         return features
     os.makedirs(location.path, exist_ok=True)
     partial = f"{target.path}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
         _compute(model, start, images, out, device)
         out.flush()
         del out

@@ -35,6 +35,7 @@ from braintl.errors import UserError
 from braintl.metrics import evaluate, json_safe
 from braintl.models import apply_strategy, create_model, frozen_state_keys, resolve_strategy
 from braintl.storage import Location, resolve
+from braintl.training import pause
 from braintl.training.config import RESUMABLE_CHANGES, TrainConfig
 from braintl.training.device import (
     BatchSource,
@@ -193,7 +194,7 @@ class _Run:
             y = self.labels[batch].to(self.device, non_blocking=True)
             with autocast(self.device):
                 logits = self.forward(x)
-            loss = self.loss_fn(logits.float(), y)
+            loss = self.loss_fn(logits, y.to(logits.dtype))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -212,7 +213,7 @@ class _Run:
                 f"training diverged: non-finite validation logits at epoch {state.epoch + 1} "
                 f"({self.config.backbone}, lr {self.config.lr}); lower the learning rate"
             )
-        val_loss = self.loss_fn(logits, torch.from_numpy(self.val_labels).float()).item()
+        val_loss = self.loss_fn(logits, torch.from_numpy(self.val_labels).to(logits.dtype)).item()
         scores = evaluate(self.val_labels, torch.sigmoid(logits).numpy())
         state.epoch += 1
         record = {
@@ -373,6 +374,7 @@ def _train(
             state.stopped_by = state.stopped_by or CALLBACK
         if location is not None:
             _write_checkpoint(location, run.checkpoint(data_key))
+            pause.after_checkpoint(state.epoch)
     run.load(state.best_state, "the best epoch's snapshot")
     run.model.eval()
     return TrainResult(
