@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from braintl.data.manifest import Manifest, Record
-from braintl.metrics import BOOTSTRAP_RESAMPLES, json_safe
+from braintl.metrics import json_safe
 from braintl.report import plots
 from braintl.report.collect import Run, fold_predictions, load_run, load_tensors, sibling_runs
 from braintl.report.compare import (
@@ -25,6 +25,7 @@ from braintl.report.seed import SEED_PROTOCOL_NOTE, SEED_SOURCE, TABLE_1, seed_b
 from braintl.report.tables import table_rows, to_csv, to_markdown
 from braintl.results import best_model
 from braintl.storage import resolve
+from braintl.uncertainty import BOOTSTRAP_RESAMPLES
 
 REPORT_DIR = "report"
 BOOTSTRAP_SEED = 0

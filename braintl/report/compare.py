@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from braintl.metrics import bootstrap_metrics, delong_test, evaluate, json_safe, reliability_bins
+from braintl.metrics import evaluate, json_safe, reliability_bins
 from braintl.report.collect import FoldPredictions, Run
+from braintl.uncertainty import bootstrap_metrics, delong_test
 
 ESTIMATE_NOTE = (
     "Test figures: each of a model's k fold models is scored at its own threshold (Youden's J on "
