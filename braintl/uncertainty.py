@@ -28,13 +28,16 @@ CONFIDENCE = 0.95
 
 
 def group_members(groups, n: int) -> np.ndarray:
-    """Each image's group as 0..G−1 (in sorted id order); ``None``: every image its own group."""
+    """Each image's group as 0..G−1, numbered in order of first appearance, so that singleton
+    groups are the images' own positions whatever their ids (and a bootstrap draws exactly the
+    image bootstrap's resamples); ``None``: every image its own group."""
     if groups is None:
         return np.arange(n)
     ids = np.asarray(groups)
     if ids.shape != (n,):
         raise ValueError(f"need one group id per image: {n} images, groups of shape {ids.shape}")
-    return np.unique(ids, return_inverse=True)[1].reshape(n)
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.reshape(n)]
 
 
 def one_per_group(groups) -> np.ndarray:
@@ -65,7 +68,7 @@ def bootstrap_metrics(
     drawn group brings all its images, so resamples differ in size when groups do. It is drawn
     *once* and every model is scored on it, so the interval reflects the sampling variation of
     the fold-averaged score. With singleton groups the draws, hence the intervals, are the
-    image bootstrap's for the same seed.
+    image bootstrap's for the same seed, whatever the ids.
 
     A resample on which a score is undefined (AUC, recall or specificity with one class drawn;
     precision with nothing called tumor) is left out of that score's interval and counted in

@@ -28,7 +28,7 @@ def _scores(n: int, models: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndar
 def _explicit_bootstrap(y, probs, thresholds, groups, resamples, seed) -> dict[str, dict]:
     """The cluster bootstrap spelled out: draw G group ids, concatenate their images, score
     each model with ``evaluate`` (checked against scikit-learn) and average defined scores."""
-    ids = np.unique(groups)
+    ids = list(dict.fromkeys(groups.tolist()))  # in order of first appearance
     members = [np.flatnonzero(groups == g) for g in ids]
     draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
     values = {name: [] for name in BOOTSTRAP_METRICS}
@@ -50,6 +50,7 @@ def _explicit_bootstrap(y, probs, thresholds, groups, resamples, seed) -> dict[s
     "groups",
     [
         None,  # the image bootstrap
+        [9, 3, 7, 0, 11, 5, 2, 8, 1, 10, 4, 6],  # singletons: the same, whatever the ids
         [0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 4, 5],  # unequal sizes; group 0 mixes the classes
         ["b", "a", "b", "c", "a", "d", "e", "f", "f", "g", "h", "h"],  # ids in any order, any type
     ],
@@ -68,6 +69,14 @@ def test_cluster_bootstrap_equals_resampling_groups_by_hand(groups):
     point = [evaluate(y, p, t).auc for p, t in zip(probs, thresholds, strict=True)]
     assert out["auc"]["estimate"] == pytest.approx(np.mean([roc_auc_score(y, p) for p in probs]))
     assert out["auc"]["estimate"] == pytest.approx(np.mean(point))
+
+
+def test_singleton_groups_are_the_image_bootstrap_whatever_their_ids():
+    y, probs = _scores(50)
+    ids = np.random.default_rng(1).permutation(1000)[:50]
+    images = bootstrap_metrics(y, probs, [0.5] * 3, seed=8)
+    assert bootstrap_metrics(y, probs, [0.5] * 3, ids, seed=8) == images
+    assert bootstrap_metrics(y, probs, [0.5] * 3, ids.astype(str), seed=8) == images
 
 
 def test_undefined_resamples_are_skipped_and_counted():
