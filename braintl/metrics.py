@@ -80,13 +80,12 @@ class ThresholdedMetrics:
 
 def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetrics:
     """All scores of ``prob`` (tumor probabilities) against ``y_true`` (1 tumor, 0 no tumor)."""
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     pred = p >= threshold
     tp, fp = int(np.sum(pred & (y == 1))), int(np.sum(pred & (y == 0)))
     fn, tn = int(np.sum(~pred & (y == 1))), int(np.sum(~pred & (y == 0)))
-    both_classes = 0 < int(y.sum()) < len(y)
     return BinaryMetrics(
         threshold=float(threshold),
         n=len(y),
@@ -97,7 +96,7 @@ def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetric
         recall=_ratio(tp, tp + fn),
         specificity=_ratio(tn, tn + fp),
         f1=_ratio(2 * tp, 2 * tp + fp + fn),
-        auc=_rank_auc(y, p) if both_classes else math.nan,
+        auc=float(weighted_auc(y, p, np.ones(len(y)))[0]),
         brier=float(np.mean((p - y) ** 2)),
         ece=expected_calibration_error(y, p),
         tn=tn,
@@ -107,21 +106,30 @@ def evaluate(y_true, prob, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetric
     )
 
 
-def _rank_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC as the Mann–Whitney statistic on average ranks (ties count one half), which is
-    what ``sklearn.metrics.roc_auc_score`` computes; both classes must be present. In numpy, as
-    all of this module's scores: a training worker need not import scikit-learn (~1 s)."""
-    order = np.argsort(p, kind="stable")
-    ordered = p[order]
+def weighted_auc(positive: np.ndarray, prob: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``prob`` once per row of ``weights`` (B×N: how many times each image counts),
+    NaN where a row weighs only one class.
+
+    The Mann–Whitney statistic with ties counting one half, which is what
+    ``sklearn.metrics.roc_auc_score`` computes on the images repeated that many times. Weights
+    let a bootstrap score B resamples after sorting once: a resample changes how often an image
+    counts, never its order. All-ones weights give the plain AUC. In numpy, as all of this
+    module's scores: a training worker need not import scikit-learn (~1 s).
+    """
+    order = np.argsort(prob, kind="stable")
+    ordered = prob[order]
     new = np.r_[True, ordered[1:] != ordered[:-1]]
     tie = np.cumsum(new) - 1  # tie group of each sorted position
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(p)]
-    ranks = np.empty(len(p))
-    ranks[order] = ((starts + ends + 1) / 2)[tie]  # 1-based average rank of each group
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    w = np.atleast_2d(weights)[:, order]
+    pos = positive[order].astype(bool)
+    neg_w, pos_w = np.where(pos, 0.0, w), np.where(pos, w, 0.0)
+    neg_per_tie = np.add.reduceat(neg_w, np.flatnonzero(new), axis=1)
+    # A positive beats the negatives of lower tie groups and half those of its own.
+    credit = np.cumsum(neg_per_tie, axis=1) - 0.5 * neg_per_tie
+    n_pos, n_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (pos_w * credit[:, tie]).sum(axis=1) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
 def evaluate_at_thresholds(y_true, prob, youden: float) -> ThresholdedMetrics:
@@ -137,7 +145,7 @@ def youden_threshold(y_val, p_val) -> float:
     ties the highest such threshold wins. When J cannot be positive — one class only, or
     predictions carrying no information — there is nothing to optimise and 0.5 is returned.
     """
-    y, p = _check(y_val, p_val)
+    y, p = check_predictions(y_val, p_val)
     if not 0 < int(y.sum()) < len(y):
         return DEFAULT_THRESHOLD
     fpr, tpr, thresholds = roc_points(y, p)
@@ -167,7 +175,7 @@ def expected_calibration_error(y_true, prob, n_bins: int = ECE_BINS) -> float:
     positive-class probability (the reliability diagram of P(tumor)), not the top-label
     confidence, so it reads the same whichever class is predicted.
     """
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
@@ -178,7 +186,7 @@ def expected_calibration_error(y_true, prob, n_bins: int = ECE_BINS) -> float:
     return float(gap[counts > 0].sum() / len(y))
 
 
-def _check(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
+def check_predictions(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true)
     p = np.asarray(prob, dtype=np.float64)
     if y.ndim != 1 or p.ndim != 1 or len(y) != len(p):
@@ -209,141 +217,10 @@ def json_safe(obj):
     return obj
 
 
-# Scores the report bootstraps: the threshold-dependent ones and the AUC.
-BOOTSTRAP_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
-BOOTSTRAP_RESAMPLES = 1000
-CONFIDENCE = 0.95
-
-
-def bootstrap_metrics(
-    y_true,
-    probs,
-    thresholds,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-    level: float = CONFIDENCE,
-) -> dict[str, dict]:
-    """Percentile bootstrap intervals of the scores of k models on one test set.
-
-    ``probs`` is k×N (or N for one model), ``thresholds`` one decision threshold per model.
-    The estimate is the mean over models of each model's score at its own threshold (undefined
-    scores skipped, as in ``braintl.results``). A resample draws N images with replacement
-    *once* and scores every model on those same images, so the interval reflects the test set's
-    sampling variation of the fold-averaged score. Resamples where a score is undefined (one
-    class drawn) are left out; ``resamples`` says how many counted.
-    """
-    y, p, t = _models(y_true, probs, thresholds)
-    if resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"need resamples >= 1 and 0 < level < 1, got {resamples}, {level}")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(y), size=(resamples, len(y)))
-    point = _scores(y[None, :], p[:, None, :], t)
-    boot = _scores(y[draws], p[:, draws], t)
-    tail = (1 - level) / 2 * 100
-    out = {}
-    for name in BOOTSTRAP_METRICS:
-        values = boot[name][np.isfinite(boot[name])]
-        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (math.nan,) * 2
-        out[name] = {
-            "estimate": float(point[name][0]),
-            "low": float(low),
-            "high": float(high),
-            "resamples": int(len(values)),
-            "level": level,
-        }
-    return json_safe(out)
-
-
-def _models(y_true, probs, thresholds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
-    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
-    if p.ndim != 2 or len(p) == 0 or len(t) != len(p):
-        raise ValueError(
-            f"need probs k×N with k >= 1 and one threshold per model, got shape {p.shape} and "
-            f"{len(t)} thresholds"
-        )
-    y = _check(y_true, p[0])[0]
-    for row in p[1:]:
-        _check(y, row)
-    return y, p, t
-
-
-def _scores(y: np.ndarray, p: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-    """Scores of k models on B samples: ``y`` B×N labels, ``p`` k×B×N probabilities; each
-    score is averaged over the models where it is defined, giving one value per sample."""
-    pred = p >= t[:, None, None]
-    pos = y.astype(bool)[None]
-    tp = (pred & pos).sum(-1)
-    fp = (pred & ~pos).sum(-1)
-    fn = (~pred & pos).sum(-1)
-    tn = (~pred & ~pos).sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_model = {
-            "accuracy": (tp + tn) / y.shape[-1],
-            "precision": tp / (tp + fp),
-            "recall": tp / (tp + fn),
-            "specificity": tn / (tn + fp),
-            "f1": 2 * tp / (2 * tp + fp + fn),
-            "auc": _auc_rows(np.broadcast_to(pos, p.shape), p),
-        }
-    out = {}
-    for name, values in per_model.items():
-        values = np.where(np.isfinite(values), values, np.nan)
-        defined = np.isfinite(values).sum(0)
-        total = np.nansum(values, axis=0)
-        out[name] = np.divide(total, defined, out=np.full(total.shape, np.nan), where=defined > 0)
-    return out
-
-
-def _auc_rows(pos: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """ROC AUC along the last axis (Mann–Whitney U from mid-ranks, ties count half)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(p, axis=-1)
-    n1 = pos.sum(-1)
-    n0 = pos.shape[-1] - n1
-    u = (ranks * pos).sum(-1) - n1 * (n1 + 1) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan)
-
-
-def delong_test(y_true, prob_a, prob_b) -> dict[str, float]:
-    """DeLong's test that two correlated ROC AUCs, of two models on the same images, are equal.
-
-    DeLong, DeLong & Clarke-Pearson (1988): each AUC's structural components (per positive,
-    the share of negatives it outranks; per negative, the share of positives outranking it)
-    give the covariance of the two AUCs; z = (AUC_a − AUC_b) / se, two-sided p. Returns
-    ``auc_a``, ``auc_b``, ``diff``, ``se``, ``z``, ``p`` (NaN where undefined).
-    """
-    y, a = _check(y_true, prob_a)
-    _, b = _check(y_true, prob_b)
-    pos, neg = y == 1, y == 0
-    m, n = int(pos.sum()), int(neg.sum())
-    if m < 2 or n < 2:
-        raise ValueError(
-            f"DeLong's test needs at least two images of each class, got {m} tumor, {n} no tumor"
-        )
-    v10, v01 = [], []
-    for scores in (a, b):
-        # psi[i, j] = 1 if positive i outranks negative j, 0.5 on a tie, 0 otherwise.
-        diff = scores[pos][:, None] - scores[neg][None, :]
-        psi = (diff > 0) + 0.5 * (diff == 0)
-        v10.append(psi.mean(axis=1))
-        v01.append(psi.mean(axis=0))
-    s10, s01 = np.cov(np.stack(v10)), np.cov(np.stack(v01))
-    contrast = np.array([1.0, -1.0])
-    variance = contrast @ s10 @ contrast / m + contrast @ s01 @ contrast / n
-    auc_a, auc_b = float(v10[0].mean()), float(v10[1].mean())
-    se = math.sqrt(max(float(variance), 0.0))
-    z = (auc_a - auc_b) / se if se > 0 else math.nan
-    p = math.erfc(abs(z) / math.sqrt(2)) if se > 0 else (1.0 if auc_a == auc_b else math.nan)
-    return {"auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b, "se": se, "z": z, "p": p}
-
-
 def reliability_bins(y_true, prob, n_bins: int = ECE_BINS) -> list[dict]:
     """The reliability diagram behind :func:`expected_calibration_error`: per non-empty bin,
     its range, image count, mean predicted probability and observed share of tumors."""
-    y, p = _check(y_true, prob)
+    y, p = check_predictions(y_true, prob)
     bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
     out = []
     for k in np.unique(bins):

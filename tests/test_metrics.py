@@ -10,6 +10,7 @@ from braintl.metrics import (
     evaluate_at_thresholds,
     expected_calibration_error,
     roc_points,
+    weighted_auc,
     youden_threshold,
 )
 
@@ -48,6 +49,23 @@ def test_auc_and_accuracy_equal_sklearn_with_ties():
         assert auc == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
         assert accuracy == pytest.approx(skm.accuracy_score(y, (p >= 0.4).astype(int)))
     assert math.isnan(evaluate([1, 1], [0.2, 0.9]).auc)
+
+
+def test_weighted_auc_is_sklearns_on_the_repeated_images():
+    """A weight is how often an image counts: the AUC of the images repeated that often."""
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        n = int(rng.integers(2, 40))
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        p = rng.choice(rng.random(3), n) if trial % 2 else rng.random(n)
+        weights = rng.integers(0, 4, size=(5, n))
+        weights[:, :2] = 1  # both classes in every row
+        got = weighted_auc(y, p, weights)
+        for row, w in zip(got, weights, strict=True):
+            assert row == pytest.approx(skm.roc_auc_score(np.repeat(y, w), np.repeat(p, w)))
+    one_class = weighted_auc(np.array([1, 0]), np.array([0.3, 0.6]), np.array([[2, 0], [1, 1]]))
+    assert math.isnan(one_class[0]) and one_class[1] == 0.0
 
 
 def test_roc_points_are_sklearns_without_its_origin():

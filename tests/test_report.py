@@ -34,7 +34,9 @@ class _Page(HTMLParser):
         self.images: list[dict] = []
         self.values: list[dict] = []
         self.rows: list[dict] = []
+        self.comparisons: list[dict] = []  # DeLong table cells, with their row's other model
         self._cell: dict = {}
+        self._other = ""
         self.feed(html)
 
     def handle_starttag(self, tag, attrs):
@@ -47,6 +49,10 @@ class _Page(HTMLParser):
             self.rows.append(a)
         elif tag == "td" and "data-metric" in a and "data-model" in a:
             self._cell = a
+        elif tag == "tr" and "data-other" in a:
+            self._other = a["data-other"]
+        elif tag == "td" and "data-key" in a:
+            self.comparisons.append({"other": self._other, **a})
         elif "data-field" in a:
             self.values.append({**self._cell, **a})
 
@@ -95,14 +101,24 @@ def test_page_figures_equal_report_json_and_results_json(runs):
         ours = by_model[model["model"]]
         assert model["folds"] == {"val": ours["val"], "test": ours["test"]}
         assert model["weights"] == ours["config"]["weights"] == "none"
+        unit = model["bootstrap"]
+        assert unit["method"] == "group bootstrap" and unit["images"] == model["n_test"]
+        assert unit["groups"] == model["n_groups"] <= model["n_test"]
+        assert unit["text"] == f"group bootstrap, {unit['groups']} groups, {unit['images']} images"
         for metric, boot in model["test_bootstrap"].items():
             # Each fold model at its own threshold, averaged: results.json's test mean.
             assert boot["estimate"] == pytest.approx(ours["test"][metric]["mean"])
             assert boot["resamples"] > 900
+            assert boot["resamples"] + boot["skipped"] == 1000
             assert boot["low"] <= boot["estimate"] <= boot["high"]
+            images = model["test_bootstrap_images"][metric]
+            assert images["estimate"] == boot["estimate"]  # same images, other resampling unit
     table = {row["model"]: row["cells"] for row in report["table"]}
-    shown = _Page(html).values
-    assert len(shown) == len(MODELS) * len(TABLE_METRICS) * 4
+    page = _Page(html)
+    shown = page.values
+    # Per cell: the group-bootstrap estimate, the image bootstrap's low and high, the figure on
+    # one image per group with its low and high, the validation and test fold means, the seed.
+    assert len(shown) == len(MODELS) * len(TABLE_METRICS) * 9
     for value in shown:
         expected = table[value["data-model"]][value["data-metric"]][value["data-field"]]
         assert json.loads(value["data-value"]) == expected
@@ -110,6 +126,13 @@ def test_page_figures_equal_report_json_and_results_json(runs):
     assert best["model"] == report["summary"]["best_model"] == results["models"][0]["model"]
     assert report["summary"]["auc"] == best["test_bootstrap"]["auc"]["estimate"]
     assert f"{report['summary']['auc']:.3f}" in report["summary"]["text"]
+    assert best["bootstrap"]["text"] in report["summary"]["text"]
+    assert best["bootstrap"]["text"] in report["estimate_note"]
+    assert escape(report["estimate_note"]) in html
+    delong = {r["other"]: r for r in report["comparisons"]["delong"]}
+    assert len(page.comparisons) == len(delong) * 7
+    for cell in page.comparisons:
+        assert json.loads(cell["data-value"]) == delong[cell["other"]][cell["data-key"]]
     assert escape(report["summary"]["text"]) in html
 
 
@@ -128,7 +151,9 @@ def test_comparisons_sweep_and_data_sections(runs):
     (delong,) = report["comparisons"]["delong"]
     assert delong["best"] == results["models"][0]["model"]
     assert delong["other"] == results["models"][1]["model"]
-    assert 0 <= delong["p"] <= 1
+    assert 0 <= delong["p"] <= 1 and 0 <= delong["p_images"] <= 1
+    assert delong["p_holm"] == delong["p"]  # one comparison: Holm changes nothing
+    assert delong["groups"] == report["models"][0]["n_groups"]
     for model in report["models"]:
         assert sum(map(sum, model["confusion_matrix"])) == 2 * model["n_test"]  # 2 fold models
     sweep = json.loads((runs.run_dir("paper") / "sweep.json").read_text())

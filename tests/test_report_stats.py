@@ -12,7 +12,8 @@ from PIL import Image
 from torch import nn
 
 from braintl.gradcam import grad_cam, overlay_png
-from braintl.metrics import BOOTSTRAP_METRICS, bootstrap_metrics, delong_test, evaluate
+from braintl.metrics import evaluate
+from braintl.uncertainty import BOOTSTRAP_METRICS, bootstrap_metrics, delong_test
 
 
 def _scores(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

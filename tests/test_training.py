@@ -255,6 +255,8 @@ def test_evaluate_split_takes_threshold_from_validation(blobs):
     assert evaluate_split(result.model, flipped, val_idx).threshold == scores.threshold
     d = scores.to_dict(include_predictions=True)
     assert len(d["predictions"]["test"]["prob"]) == len(blobs.split.test)
+    assert d["predictions"]["test"]["group"] == blobs.groups[blobs.split.test].tolist()
+    assert d["predictions"]["val"]["group"] == blobs.groups[val_idx].tolist()
     json.dumps(d, allow_nan=False)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from braintl.data.manifest import Manifest, Record
-from braintl.metrics import BOOTSTRAP_RESAMPLES, json_safe
+from braintl.metrics import json_safe
 from braintl.report import plots
 from braintl.report.collect import Run, fold_predictions, load_run, load_tensors, sibling_runs
 from braintl.report.compare import (
+    DELONG_METHOD,
     ESTIMATE_NOTE,
     delong_against_best,
     leakage_audit,
@@ -25,6 +26,7 @@ from braintl.report.seed import SEED_PROTOCOL_NOTE, SEED_SOURCE, TABLE_1, seed_b
 from braintl.report.tables import table_rows, to_csv, to_markdown
 from braintl.results import best_model
 from braintl.storage import resolve
+from braintl.uncertainty import BOOTSTRAP_RESAMPLES
 
 REPORT_DIR = "report"
 BOOTSTRAP_SEED = 0
@@ -58,7 +60,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
     if not run.results["models"]:
         raise ValueError(f"{run.loc.url}: the run trained no model, so there is nothing to report")
     tensors = load_tensors(run)
-    preds = fold_predictions(run.results, tensors.labels)
+    preds = fold_predictions(run.results, tensors.labels, tensors.groups)
     best = best_model(run.results)
     models = []
     for model in run.results["models"]:
@@ -81,10 +83,15 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
     report = json_safe(
         {
             "summary": _summary(run, models[0]),
-            "estimate_note": ESTIMATE_NOTE.format(resamples=resamples, seed=BOOTSTRAP_SEED),
+            "estimate_note": ESTIMATE_NOTE.format(
+                bootstrap=models[0]["bootstrap"]["text"], resamples=resamples, seed=BOOTSTRAP_SEED
+            ),
             "models": models,
             "table": table_rows(models),
-            "comparisons": {"delong": delong_against_best(preds, best["model"])},
+            "comparisons": {
+                "delong": delong_against_best(preds, best["model"]),
+                "method": DELONG_METHOD,
+            },
             "leakage_audit": leakage_audit(run, sibling_runs(run)),
             "sweep": run.sweep,
             "explanations": {
@@ -111,16 +118,18 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
 
 
 def _summary(run: Run, best: dict) -> dict:
-    auc = best["test_bootstrap"]["auc"]
+    auc, by_image = best["test_bootstrap"]["auc"], best["test_bootstrap_images"]["auc"]
     protocol = run.params["protocol"]
     leak = "leak-free" if protocol == "groups" else "leaky, as the seed's"
     k = len(best["folds"]["test"]["auc"]["values"])
     text = (
         f"Best model: {best['model']} (weights {best['weights']}), chosen by mean validation "
         f"AUC over {k} folds, protocol {protocol} ({leak}). On the held-out test set "
-        f"({best['n_test']} scans) its AUC is {_fmt(auc['estimate'])} "
-        f"(95% CI {_fmt(auc['low'])}–{_fmt(auc['high'])}, {auc['resamples']} bootstrap "
-        f"resamples), accuracy {_fmt(best['test_bootstrap']['accuracy']['estimate'])}, "
+        f"({best['n_test']} scans) its AUC is {_fmt(auc['estimate'])} (95% CI "
+        f"{_fmt(auc['low'])}–{_fmt(auc['high'])}, {best['bootstrap']['text']}, "
+        f"{auc['resamples']} resamples; an image bootstrap, which takes copies for independent "
+        f"cases, gives {_fmt(by_image['low'])}–{_fmt(by_image['high'])}), accuracy "
+        f"{_fmt(best['test_bootstrap']['accuracy']['estimate'])}, "
         f"sensitivity {_fmt(best['test_bootstrap']['recall']['estimate'])}, specificity "
         f"{_fmt(best['test_bootstrap']['specificity']['estimate'])}. "
     )
@@ -141,6 +150,9 @@ def _summary(run: Run, best: dict) -> dict:
         "auc": auc["estimate"],
         "auc_low": auc["low"],
         "auc_high": auc["high"],
+        "auc_images_low": by_image["low"],
+        "auc_images_high": by_image["high"],
+        "bootstrap": best["bootstrap"]["text"],
         "protocol": protocol,
         "seed_model": seed["name"],
         "seed_auc": seed_auc,

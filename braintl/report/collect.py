@@ -42,10 +42,12 @@ class Run:
 
 @dataclass(frozen=True)
 class FoldPredictions:
-    """One model's k fold models on the held-out test set: ``probs`` k×N, one threshold each."""
+    """One model's k fold models on the held-out test set: ``probs`` k×N, one threshold each;
+    per image its index into the TensorSet, label and source group."""
 
     index: np.ndarray
     y: np.ndarray
+    groups: np.ndarray
     probs: np.ndarray
     thresholds: np.ndarray
     folds: list[int]
@@ -81,8 +83,14 @@ def load_run(run_url: str) -> Run:
     )
 
 
-def fold_predictions(results: dict, labels: np.ndarray) -> dict[str, FoldPredictions]:
-    """Per model, its fold models' test probabilities (read from each fold's metrics.json)."""
+def fold_predictions(
+    results: dict, labels: np.ndarray, groups: np.ndarray
+) -> dict[str, FoldPredictions]:
+    """Per model, its fold models' test probabilities (read from each fold's metrics.json).
+
+    ``labels`` and ``groups`` are the TensorSet's; a record's own ``group`` ids win where it
+    has them (records written before groups were stored have none).
+    """
     out = {}
     for model in results["models"]:
         index, probs, thresholds = None, [], []
@@ -92,11 +100,13 @@ def fold_predictions(results: dict, labels: np.ndarray) -> dict[str, FoldPredict
             if index is not None and not np.array_equal(index, fold_index):
                 raise ValueError(f"{model['model']}: fold models were tested on different images")
             index = fold_index
+            test_groups = np.asarray(predictions["test"].get("group", groups[index]))
             probs.append(predictions["test"]["prob"])
             thresholds.append(fold["threshold"])
         out[model["model"]] = FoldPredictions(
             index=index,
             y=labels[index],
+            groups=test_groups,
             probs=np.asarray(probs, dtype=np.float64),
             thresholds=np.asarray(thresholds, dtype=np.float64),
             folds=[fold["fold"] for fold in model["runs"]],

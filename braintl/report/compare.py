@@ -3,10 +3,17 @@
 How a model with k fold models is scored on the held-out test set (the page says so too):
 
 - **Table figures**: each fold model at its own Youden threshold (chosen on its validation fold),
-  the k scores averaged; the 95% interval is a percentile bootstrap that resamples test images
-  jointly for all k fold models.
+  the k scores averaged. The 95% interval is a group bootstrap: it resamples source groups (a
+  scan and its copies) jointly for all k fold models, so copies do not pass for independent
+  cases. The image bootstrap's interval stays beside it, to show what treating copies as cases
+  would claim, and so do the same figures on one image per group.
+- **One image per group**: each group's first image in the TensorSet, where originals precede
+  augmented copies, so an original scan whenever the test set holds one. A representative rather
+  than the group's mean probability: averaging copies would score a test-time-augmentation
+  ensemble that the published model never runs.
 - **ROC curves, DeLong's test, calibration**: the fold-averaged tumor probability per image (the
-  k fold models as one ensemble), which needs no threshold.
+  k fold models as one ensemble), which needs no threshold. DeLong's test counts a group once
+  (Obuchowski's clustered form) and its p-values are Holm-adjusted over the comparisons.
 - **Confusion matrix**: the k fold models' counts at their own thresholds, summed (k × N calls).
 """
 
@@ -15,22 +22,39 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from braintl.metrics import bootstrap_metrics, delong_test, evaluate, json_safe, reliability_bins
+from braintl.metrics import evaluate, json_safe, reliability_bins
 from braintl.report.collect import FoldPredictions, Run
+from braintl.uncertainty import bootstrap_metrics, delong_test, holm, one_per_group
 
 ESTIMATE_NOTE = (
     "Test figures: each of a model's k fold models is scored at its own threshold (Youden's J on "
-    "its validation fold) and the k scores are averaged; 95% intervals are percentile bootstraps "
-    "({resamples} resamples, seed {seed}) that draw test images jointly for all k fold models. "
-    "ROC curves, DeLong's test and calibration use the fold-averaged probability per image; "
-    "confusion matrices sum the k fold models' calls."
+    "its validation fold) and the k scores are averaged. 95% intervals: {bootstrap} "
+    "({resamples} resamples, seed {seed}), drawing source groups (a scan with its copies) with "
+    "replacement, jointly for all k fold models; resamples where a score is undefined (one class "
+    "drawn) are left out and counted in report.json. Below each: the image bootstrap's interval, "
+    "which takes every image for an independent case, and the figures on one image per group "
+    "(its first in the tensor set, an original scan where the test set holds one). ROC curves, "
+    "DeLong's test and calibration use the fold-averaged probability per image; DeLong's test "
+    "counts each group once and its p-values are Holm-adjusted; confusion matrices sum the k "
+    "fold models' calls."
+)
+DELONG_METHOD = (
+    "DeLong's test for clustered data (Obuchowski 1997) on the fold-averaged probabilities: each "
+    "source group counts once. p_holm: Holm-adjusted over the comparisons with the best model. "
+    "p_images: DeLong's test taking every image for an independent case, for comparison."
 )
 AUDIT_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
 
 def model_statistics(pred: FoldPredictions, resamples: int, seed: int) -> dict:
-    """Bootstrap intervals, per-class accuracy, confusion matrix, ROC and calibration."""
-    boot = bootstrap_metrics(pred.y, pred.probs, pred.thresholds, resamples=resamples, seed=seed)
+    """Group- and image-bootstrap intervals, figures on one image per group, per-class
+    accuracy, confusion matrix, ROC and calibration."""
+    boot = bootstrap_metrics(pred.y, pred.probs, pred.thresholds, pred.groups, resamples, seed)
+    images = bootstrap_metrics(pred.y, pred.probs, pred.thresholds, None, resamples, seed)
+    first = first_image_per_group(pred)
+    one_per = bootstrap_metrics(
+        pred.y[first], pred.probs[:, first], pred.thresholds, None, resamples, seed
+    )
     calls = [evaluate(pred.y, p, t) for p, t in zip(pred.probs, pred.thresholds, strict=True)]
     matrix = np.sum([c.confusion_matrix for c in calls], axis=0).tolist()
     ensemble = evaluate(pred.y, pred.mean_prob)
@@ -39,10 +63,14 @@ def model_statistics(pred: FoldPredictions, resamples: int, seed: int) -> dict:
     )
     return json_safe(
         {
+            "bootstrap": bootstrap_unit(pred, resamples, seed),
             "test_bootstrap": boot,
+            "test_bootstrap_images": images,
+            "test_one_per_group": one_per,
             "per_class_accuracy": {"tumor": boot["recall"], "no_tumor": boot["specificity"]},
             "confusion_matrix": matrix,
             "n_test": len(pred.y),
+            "n_groups": len(first),
             "ensemble": {
                 "auc": ensemble.auc,
                 "brier": ensemble.brier,
@@ -54,18 +82,46 @@ def model_statistics(pred: FoldPredictions, resamples: int, seed: int) -> dict:
     )
 
 
+def bootstrap_unit(pred: FoldPredictions, resamples: int, seed: int) -> dict:
+    """What the intervals resample, in numbers and in the words the page uses."""
+    groups, images = len(np.unique(pred.groups)), len(pred.y)
+    return {
+        "method": "group bootstrap",
+        "groups": groups,
+        "images": images,
+        "resamples": resamples,
+        "seed": seed,
+        "text": f"group bootstrap, {groups} groups, {images} images",
+    }
+
+
+def first_image_per_group(pred: FoldPredictions) -> np.ndarray:
+    """Positions of each group's image with the smallest TensorSet index."""
+    order = np.argsort(pred.index, kind="stable")
+    return np.sort(order[one_per_group(pred.groups[order])])
+
+
 def delong_against_best(preds: dict[str, FoldPredictions], best: str) -> list[dict]:
-    """DeLong's test of the best model's ensemble AUC against every other model's."""
+    """DeLong's test of the best model's ensemble AUC against every other model's, counting each
+    source group once, with Holm-adjusted p-values over these comparisons; the image-level p
+    (every image its own group) beside it."""
     rows = []
+    ours = preds[best]
     for name, pred in preds.items():
         if name == best:
             continue
+        if not np.array_equal(pred.index, ours.index):
+            raise ValueError(f"{best} and {name} were tested on different images: no paired test")
         try:
-            test = delong_test(pred.y, preds[best].mean_prob, pred.mean_prob)
-        except ValueError as exc:  # too few images of a class to test
+            test = delong_test(pred.y, ours.mean_prob, pred.mean_prob, pred.groups)
+            images = delong_test(pred.y, ours.mean_prob, pred.mean_prob)
+            test |= {"images": len(pred.y), "p_images": images["p"]}
+        except ValueError as exc:  # too few groups of a class to test
             test = {"error": str(exc)}
-        rows.append(json_safe({"best": best, "other": name, **test}))
-    return rows
+        rows.append({"best": best, "other": name, **test})
+    for row, adjusted in zip(rows, holm([r.get("p") for r in rows]), strict=True):
+        row["p_holm"] = adjusted
+    return [json_safe(row) for row in rows]
 
 
 def leakage_audit(run: Run, siblings: list[Run]) -> dict:

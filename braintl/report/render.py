@@ -27,6 +27,16 @@ PLOTS = {
 }
 TRIAL_FIELDS = {"backbone", "strategy", "trial_id", "val_auc", "best_val_auc", "epochs_run",
                 "stopped_early", "error", "reports"}  # fmt: skip
+# report.json's DeLong field → its column on the page.
+DELONG_COLUMNS = {
+    "auc_a": "AUC best",
+    "auc_b": "AUC other",
+    "diff": "difference",
+    "z": "z",
+    "p": "p (groups)",
+    "p_holm": "p Holm",
+    "p_images": "p (images)",
+}
 BEST_CONFIG_FIELDS = ("weights", "head", "head_units", "dropout", "lr", "batch_size", "epochs")
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1400px;padding:1em 2em;
@@ -128,6 +138,15 @@ def _table_1(report: dict) -> str:
             cells.append(
                 f'<td class="num" data-model="{_e(row["model"])}" data-metric="{column}">'
                 f'<div class="test"{_field("test_estimate", cell)}>{interval(cell)}</div>'
+                f'<div class="folds">images [<span{_field("test_image_low", cell)}>'
+                f"{percent(cell['test_image_low'])}</span>–<span"
+                f"{_field('test_image_high', cell)}>{percent(cell['test_image_high'])}</span>]"
+                f'</div><div class="folds">one per group <span'
+                f"{_field('one_per_group_estimate', cell)}>"
+                f"{percent(cell['one_per_group_estimate'])}</span> [<span"
+                f"{_field('one_per_group_low', cell)}>{percent(cell['one_per_group_low'])}"
+                f"</span>–<span{_field('one_per_group_high', cell)}>"
+                f"{percent(cell['one_per_group_high'])}</span>]</div>"
                 f'<div class="folds"{_field("val_mean", cell)}>'
                 f"val {mean_sd(cell['val_mean'], cell['val_sd'])}</div>"
                 f'<div class="folds"{_field("test_mean", cell)}>'
@@ -143,8 +162,9 @@ def _table_1(report: dict) -> str:
     return (
         table
         + f'<p class="note">Ours: held-out test set, protocol <b>{_e(protocol)}</b> ({leak}), '
-        "in %: the test estimate with its 95% bootstrap interval [low–high]; below it the mean ± "
-        "sd over folds on the validation folds and on the test set. "
+        "in %: the test estimate with its 95% group-bootstrap interval [low–high]; below it the "
+        "image bootstrap's interval, the estimate and interval on one image per source group, "
+        "and the mean ± sd over folds on the validation folds and on the test set. "
         f"{_e(report['estimate_note'])}</p>"
         f'<p class="note">Seed: {_e(report["seed"]["source"])}, Table 1; protocol '
         f"<b>paper</b> ({_e(report['seed']['protocol'])}). It reports no specificity; its "
@@ -189,25 +209,29 @@ def _signed(value: float | None) -> str:
 def _comparisons(report: dict) -> str:
     delong = report["comparisons"]["delong"]
     rows = [
-        [_td(r["other"]), _td(_number(r.get("auc_a")), True), _td(_number(r.get("auc_b")), True),
-         _td(_number(r.get("diff")), True), _td(_number(r.get("z")), True),
-         _td(_number(r.get("p")), True), _td(r.get("error", ""))]
+        [_td(r["other"])]
+        + [_delong_cell(r, key) for key in DELONG_COLUMNS]
+        + [_td(r.get("error", ""))]
         for r in delong
-    ]  # fmt: skip
+    ]
     best = report["summary"]["best_model"]
+    headers = ["other model", *DELONG_COLUMNS.values(), "note"]
+    unit = report["models"][0]["bootstrap"]
     out = (
         f"<h3>DeLong's test: {_e(best)} against each other model</h3>"
         + (
             _table(
-                ["other model", f"AUC {_e(best)}", "AUC other", "difference", "z", "p", "note"],
+                headers,
                 rows,
                 ' id="delong-table"',
+                [f' data-other="{_e(r["other"])}"' for r in delong],
             )
             if rows
             else '<p class="note">Only one model ran: nothing to compare.</p>'
         )
-        + '<p class="note">Paired test on the same held-out test images, fold-averaged '
-        "probabilities; two-sided p.</p><h3>Per-class accuracy</h3>"
+        + f'<p class="note">Paired test on the same held-out test images ({unit["groups"]} '
+        f"groups, {unit['images']} images), two-sided p. {_e(report['comparisons']['method'])}"
+        "</p><h3>Per-class accuracy</h3>"
     )
     rows = []
     for model in report["models"]:
@@ -222,6 +246,14 @@ def _comparisons(report: dict) -> str:
         )
     return out + _table(
         ["model", "Tumor (sensitivity)", "No Tumor (specificity)"], rows, ' id="per-class-table"'
+    )
+
+
+def _delong_cell(row: dict, key: str) -> str:
+    return (
+        f'<td class=num data-key="{key}" data-value="{json.dumps(row.get(key))}">'
+        + _e(_number(row.get(key)))
+        + "</td>"
     )
 
 

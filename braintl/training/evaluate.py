@@ -55,19 +55,24 @@ def predict_proba(
 
 @dataclass(frozen=True)
 class SplitEvaluation:
-    """Validation and test scores, both at 0.5 and at the Youden threshold of the validation set."""
+    """Validation and test scores, both at 0.5 and at the Youden threshold of the validation set,
+    and per image its index into the TensorSet, source group and tumor probability."""
 
     threshold: float
     val: ThresholdedMetrics
     test: ThresholdedMetrics | None
     val_idx: np.ndarray
+    val_group: np.ndarray
     val_prob: np.ndarray
     test_idx: np.ndarray
+    test_group: np.ndarray
     test_prob: np.ndarray
 
     def to_dict(self, include_predictions: bool = False) -> dict:
-        """Scores as JSON; with ``include_predictions`` also the per-image probabilities (by index
-        into the TensorSet), which paired comparisons between models and bootstraps need."""
+        """Scores as JSON; with ``include_predictions`` also the per-image probabilities with
+        each image's index into the TensorSet and its source group, which paired comparisons
+        between models and group bootstraps need (records written before groups were stored
+        lack ``group``; the report then reads it from the TensorSet)."""
         out = {
             "youden_threshold_from_val": self.threshold,
             "val": self.val.to_dict(),
@@ -75,8 +80,15 @@ class SplitEvaluation:
         }
         if include_predictions:
             out["predictions"] = {
-                "val": {"index": self.val_idx.tolist(), "prob": self.val_prob.tolist()},
-                "test": {"index": self.test_idx.tolist(), "prob": self.test_prob.tolist()},
+                part: {
+                    "index": index.tolist(),
+                    "group": group.tolist(),
+                    "prob": prob.tolist(),
+                }
+                for part, index, group, prob in (
+                    ("val", self.val_idx, self.val_group, self.val_prob),
+                    ("test", self.test_idx, self.test_group, self.test_prob),
+                )
             }
         return out
 
@@ -116,7 +128,9 @@ def evaluate_split(
         val=evaluate_at_thresholds(tensors.labels[val_idx], val_prob, threshold),
         test=test,
         val_idx=val_idx,
+        val_group=tensors.groups[val_idx],
         val_prob=val_prob,
         test_idx=test_idx,
+        test_group=tensors.groups[test_idx],
         test_prob=test_prob,
     )
