@@ -59,6 +59,8 @@ def snapshot(data_url: str) -> str:
 def prepare_data(data_url: str, out_url: str, config: DataConfig, snapshot: str) -> dict:
     """Decode, check, split, augment and cache tensors; returns a small record, no pixels."""
     prepared = prepare(data_url, out_url, config)
+    for note in prepared.manifest.notes():  # pre-augmented data, a too loose near distance
+        print(f"WARNING: {note}")
     meta = {k: v for k, v in prepared.meta.items() if k != "files"}
     return {
         "tensors_url": prepared.tensors_url,
@@ -66,5 +68,6 @@ def prepare_data(data_url: str, out_url: str, config: DataConfig, snapshot: str)
         "reused": prepared.reused,
         "fingerprint": prepared.manifest.fingerprint,
         "snapshot": snapshot,
+        "pre_augmented": prepared.manifest.summary()["pre_augmented"],
         "meta": meta,
     }

@@ -16,6 +16,7 @@ from braintl.data.listing import list_images
 from braintl.data.manifest import scan
 from braintl.data.phantoms import write_phantom_dataset
 from braintl.data.prepare import DataConfig, build_tensors, part_sizes, prepare, scan_data
+from braintl.data.signature import COPY_DISTANCE
 from braintl.data.splits import PROTOCOLS, leakage
 from braintl.errors import UserError
 from braintl.storage import resolve
@@ -80,6 +81,13 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_NEAR_DISTANCE,
         help="perceptual-hash bits (of 256) for near duplicates; -1 turns them off",
     )
+    p.add_argument(
+        "--copy-distance",
+        type=float,
+        default=COPY_DISTANCE,
+        help="signature distance for flipped/rotated/shifted/zoomed copies (default: "
+        "%(default)s); -1 turns them off",
+    )
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
@@ -104,6 +112,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
         "min_side": args.min_side,
         "max_pixels": args.max_pixels,
         "near_distance": args.near_distance,
+        "copy_distance": args.copy_distance,
         "max_images": args.max_images,
         "memory_budget_gb": args.memory_budget_gb,
     }
@@ -142,6 +151,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         list_images(args.data_url, config.label_map),
         DecodeLimits(config.min_side, config.max_pixels),
         config.near_distance,
+        config.copy_distance,
     )
     summary = manifest.summary()
     if args.json:
@@ -156,8 +166,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(
         f"\n{summary['groups']} source groups; {summary['exact_duplicate_pairs']} exact and "
         f"{summary['near_duplicate_pairs']} near duplicate pairs "
-        f"(within {summary['near_distance']} bits)"
+        f"(within {summary['near_distance']} bits); {summary['transformed_copy_pairs']} joins "
+        f"of transformed copies (signature within {summary['copy_distance']})"
     )
+    for note in manifest.notes():
+        print(f"\nWARNING: {note}")
     if summary["duplicate_groups"]:
         print("\nduplicate groups:")
         print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -24,11 +25,14 @@ from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
 from braintl.data.listing import DEFAULT_LABEL_MAP, label_index, list_images
 from braintl.data.manifest import Manifest, scan
 from braintl.data.preprocess import PreprocessConfig, preprocess
+from braintl.data.signature import COPY_DISTANCE
 from braintl.data.splits import PROTOCOLS, leakage, make_split
 from braintl.data.tensors import Split, TensorSet
 from braintl.errors import UserError
 from braintl.limits import check_data_size
 from braintl.storage import Location, resolve
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 # Settings that only let a build go ahead or stop it: they never change the tensors.
@@ -46,6 +50,9 @@ class DataConfig(BaseModel):
     max_pixels: int = Field(64_000_000, ge=1024, description="larger images are quarantined")
     near_distance: int = Field(
         DEFAULT_NEAR_DISTANCE, ge=-1, le=256, description="perceptual-hash bits; -1 = off"
+    )
+    copy_distance: float = Field(
+        COPY_DISTANCE, ge=-1, description="signature distance of transformed copies; -1 = off"
     )
     max_images: int = Field(100_000, ge=2, description="more listed files fail before decoding")
     memory_budget_gb: float | None = Field(
@@ -91,7 +98,9 @@ def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np
         pixels[index] = preprocess(decoded.rgb, config.preprocess)
 
     limits = DecodeLimits(config.min_side, config.max_pixels)
-    manifest = scan(listing, limits, config.near_distance, on_image=keep)
+    manifest = scan(listing, limits, config.near_distance, config.copy_distance, on_image=keep)
+    for note in manifest.notes():
+        log.warning(note)
     if len({manifest.records[i].label for i in manifest.usable()}) < 2:
         raise UserError(
             f"{listing.root}: fewer than two labels have usable images after validation "

@@ -351,6 +351,7 @@ def _data(data: dict) -> str:
             ' id="quarantine"',
         )
         + f"<h3>Duplicate groups ({len(groups)}; label conflicts {len(conflicts)})</h3>"
+        + ("<p>This data looks pre-augmented.</p>" if manifest.get("pre_augmented") else "")
         + _table(
             ["group", "kind", "labels", "members"],
             [
