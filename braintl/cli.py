@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from braintl import __version__
 from braintl.commands import run
 from braintl.errors import UserError
 
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="braintl",
         description="Transfer-learning experiments on brain MRI: data, training, runs.",
     )
+    parser.add_argument("--version", action="version", version=f"braintl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (data, train, run, predict, report):
         module.register(sub)

@@ -9,7 +9,7 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from braintl.commands.output import print_json, table
+from braintl.commands.output import OUT_HELP, default_out, print_json, table
 from braintl.data.decode import DecodeLimits
 from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
 from braintl.data.listing import list_images
@@ -20,8 +20,6 @@ from braintl.data.signature import COPY_DISTANCE
 from braintl.data.splits import PROTOCOLS, leakage
 from braintl.errors import UserError
 from braintl.storage import resolve
-
-DEFAULT_OUT = "braintl-out"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         help="labelled images; omitted: synthetic phantoms written under OUT_URL/phantoms",
     )
-    prep.add_argument("--out", default=DEFAULT_OUT, metavar="OUT_URL", help="default: %(default)s")
+    prep.add_argument("--out", default=default_out(), metavar="OUT_URL", help=OUT_HELP)
     add_validation_args(prep)
     add_split_args(prep)
     prep.add_argument("--image-size", type=int, default=224)

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
+
+# One output folder for every command (git-ignored); BRAINTL_OUT moves it, --out overrides that.
+OUT_ENV, DATA_ENV = "BRAINTL_OUT", "BRAINTL_DATA"
+
+
+DATA_HELP = "labelled images (default: $BRAINTL_DATA; neither given: synthetic phantoms)"
+OUT_HELP = "default: %(default)s (from $BRAINTL_OUT when set)"
+
+
+def default_out() -> str:
+    return os.environ.get(OUT_ENV) or "braintl-runs"
+
+
+def default_data() -> str | None:
+    """Labelled images from BRAINTL_DATA; None: synthetic phantoms."""
+    return os.environ.get(DATA_ENV) or None
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

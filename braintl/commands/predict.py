@@ -9,13 +9,12 @@ import sys
 import torch
 from tqdm import tqdm
 
-from braintl.commands.output import print_json, table
+from braintl.commands.output import OUT_HELP, default_out, print_json, table
 from braintl.errors import UserError
 from braintl.predict import BATCH_SIZE, Batch, find_images, predict
 from braintl.publish import load_model, resolve_model_url
 from braintl.storage import Location, resolve
 
-DEFAULT_RUNS = "braintl-runs"  # where `braintl run` writes runs and latest.json by default
 PROGRESS_FROM = 64  # images; fewer finish before a progress bar would help
 
 
@@ -30,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="latest (through RUNS/latest.json), a run URL or a model URL (default: latest)",
     )
     p.add_argument(
-        "--runs", default=DEFAULT_RUNS, metavar="URL", help="output of braintl run (for latest)"
+        "--runs",
+        default=default_out(),
+        metavar="URL",
+        help="output of braintl run, for latest; " + OUT_HELP,
     )
     p.add_argument("--out", metavar="URL", help="write the rows as CSV here (local or s3://)")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image here")

@@ -1,7 +1,10 @@
 """``braintl run``: the whole retrain flow (Prefect, Ray) from data to the results table.
 
 With no arguments it runs on synthetic phantoms into ``./braintl-runs`` with ephemeral Prefect,
-local Ray and the ``quick`` profile. Prefect is imported only here, inside the handler.
+local Ray and the ``quick`` profile. ``--params`` takes the whole form (``RetrainParams``, what
+the Prefect UI shows) as a JSON file or text; flags override single fields of it. Exit codes:
+0 a completed run, 1 a run that failed, 2 a usage or input error. Prefect is imported only
+inside the handler.
 """
 
 from __future__ import annotations
@@ -9,51 +12,103 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
+import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
-from braintl.commands.output import print_json
+from braintl.commands.output import DATA_HELP, OUT_HELP, default_data, default_out, print_json
 from braintl.errors import UserError
 from braintl.storage import resolve
+
+# Flags for the fields people change most: (flag, field, type); sweep.* fields are nested.
+FIELD_FLAGS = (
+    ("--epochs", "epochs", int),
+    ("--folds", "folds", int),
+    ("--image-size", "image_size", int),
+    ("--batch-size", "batch_size", int),
+    ("--seed", "seed", int),
+    ("--test-fraction", "test_fraction", float),
+    ("--weights", "weights", str),
+    ("--num-samples", "sweep.num_samples", int),
+    ("--cpus-per-trial", "sweep.cpus_per_trial", float),
+    ("--gpus-per-trial", "sweep.gpus_per_trial", float),
+    ("--cpus-per-fold", "cpus_per_fold", float),
+    ("--gpus-per-fold", "gpus_per_fold", float),
+)
+RUN_FAILED = 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the retrain flow: sweep, cross-validation, results")
-    p.add_argument("--data", metavar="URL", help="labelled images; omitted: synthetic phantoms")
-    p.add_argument("--out", metavar="URL", help="runs and latest.json (default: braintl-runs)")
-    p.add_argument("--profile", choices=("quick", "paper"), default="quick")
+    p.add_argument(
+        "--params",
+        metavar="FILE|JSON",
+        help="the whole form (RetrainParams) as a JSON file or text; flags override its fields",
+    )
+    p.add_argument("--data", metavar="URL", help=DATA_HELP)
+    p.add_argument("--out", metavar="URL", help=OUT_HELP.replace("%(default)s", default_out()))
+    p.add_argument("--profile", choices=("quick", "paper"))
+    p.add_argument("--protocol", choices=("groups", "paper"), help="groups: leak-free (default)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster; default: local")
     p.add_argument("--force", action="store_true", help="run even when nothing changed")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--folds", type=int)
-    p.add_argument("--image-size", type=int)
     p.add_argument("--backbones", metavar="A,B", help="comma-separated backbone names")
     p.add_argument("--strategies", metavar="A,B", help="comma-separated strategies")
-    p.add_argument("--num-samples", type=int, help="sweep samples")
+    for flag, field, kind in FIELD_FLAGS:
+        p.add_argument(flag, type=kind, dest=field, metavar=kind.__name__.upper())
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(handler=run_flow)
 
 
 def params_from_args(args: argparse.Namespace) -> dict:
-    """Only the options given, so the profile presets everything else."""
+    """``--params``, then the environment's defaults, then the flags given: whatever stays
+    unset is the profile's."""
+    params = _params_file(args.params) if args.params else {}
+    params.setdefault("out_url", default_out())
+    if default_data() is not None:
+        params.setdefault("data_url", default_data())
     values = {
         "profile": args.profile,
         "data_url": args.data,
         "out_url": args.out,
+        "protocol": args.protocol,
+        "augment": args.augment,
         "ray_address": args.ray_address,
-        "epochs": args.epochs,
-        "folds": args.folds,
-        "image_size": args.image_size,
         "backbones": _names(args.backbones),
         "strategies": _names(args.strategies),
+        **{field: getattr(args, field) for _, field, _ in FIELD_FLAGS},
     }
-    params = {k: v for k, v in values.items() if v is not None}
+    for field, value in values.items():
+        if value is None:
+            continue
+        if field.startswith("sweep."):
+            params.setdefault("sweep", {})[field.removeprefix("sweep.")] = value
+        else:
+            params[field] = value
     if args.force:
         params["force"] = True
-    if args.num_samples is not None:
-        params["sweep"] = {"num_samples": args.num_samples}
+    return params
+
+
+def _params_file(text: str) -> dict:
+    """A JSON object from a file path or given inline."""
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"--params {text}: no such file; give a JSON file or JSON text")
+        source = path.read_text()
+    try:
+        params = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--params {text}: not JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise UserError(f"--params {text}: expected a JSON object of RetrainParams fields")
     return params
 
 
@@ -67,6 +122,10 @@ def start_ephemeral_prefect() -> threading.Thread | None:
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return None
     from prefect.server.api.server import SubprocessASGIServer
+
+    # The temporary server's telemetry heartbeat fails offline and logs a traceback ("database
+    # is locked") into a successful run's output; a throwaway server has nothing to report.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     def start() -> None:
         with contextlib.suppress(Exception):  # the flow call starts it again and reports why
@@ -98,7 +157,8 @@ def run_flow(args: argparse.Namespace) -> int:
     state = retrain(params, return_state=True)
     seconds = time.perf_counter() - start
     if not state.is_completed():
-        raise UserError(f"the retrain flow ended {state.name}: {state.message}")
+        print(f"braintl: the retrain flow ended {state.name}: {state.message}", file=sys.stderr)
+        return RUN_FAILED
     record = state.result()
     if args.json:
         print_json({"state": state.name, "seconds": round(seconds, 1), **record})

@@ -12,13 +12,19 @@ import torch
 
 from braintl import __version__
 from braintl.commands.data import (
-    DEFAULT_OUT,
     add_split_args,
     add_validation_args,
     config_from_args,
     data_or_phantoms,
 )
-from braintl.commands.output import print_json, table
+from braintl.commands.output import (
+    DATA_HELP,
+    OUT_HELP,
+    default_data,
+    default_out,
+    print_json,
+    table,
+)
 from braintl.data.prepare import prepare
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
@@ -33,8 +39,8 @@ SCORES = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "brier"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train and score one model on one fold")
-    p.add_argument("--data", metavar="URL", help="labelled images; omitted: synthetic phantoms")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="URL", help="default: %(default)s")
+    p.add_argument("--data", default=default_data(), metavar="URL", help=DATA_HELP)
+    p.add_argument("--out", default=f"{default_out()}/train", metavar="URL", help=OUT_HELP)
     p.add_argument("--cache", metavar="URL", help="where the tensor cache lives (default: --out)")
     p.add_argument("--backbone", default="scratch_cnn", help=f"one of {', '.join(list_models())}")
     p.add_argument("--strategy", default="full", help=f"one of {', '.join(STRATEGIES)}")

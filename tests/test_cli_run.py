@@ -1,0 +1,85 @@
+"""`braintl run`'s command line: the whole form through --params, flags over it, environment
+defaults, --version, and exit codes (0 done, 1 a failed run, 2 a usage or input error)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from braintl.cli import build_parser, main
+from braintl.commands.run import params_from_args
+from braintl.data.phantoms import write_phantom_dataset
+from flows.retrain import RetrainParams
+
+
+def _params(*argv: str) -> RetrainParams:
+    return RetrainParams(**params_from_args(build_parser().parse_args(["run", *argv])))
+
+
+def test_params_file_is_the_form_and_flags_override_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("BRAINTL_OUT", raising=False)
+    monkeypatch.delenv("BRAINTL_DATA", raising=False)
+    form = {"protocol": "paper", "epochs": 7, "seed": 3, "sweep": {"num_samples": 4}}
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps(form))
+    from_file = _params("--params", str(path))
+    assert (from_file.protocol, from_file.epochs, from_file.seed) == ("paper", 7, 3)
+    assert from_file.sweep.num_samples == 4 and from_file.out_url == "braintl-runs"
+    assert from_file.folds == 3  # unset: the quick profile's
+
+    flags = _params(
+        "--params", json.dumps(form), "--epochs", "2", "--weights", "imagenet",
+        "--test-fraction", "0.2", "--augment", "--cpus-per-trial", "0.5",
+        "--gpus-per-fold", "0", "--num-samples", "6", "--batch-size", "18",
+    )  # fmt: skip
+    assert (flags.protocol, flags.epochs, flags.weights) == ("paper", 2, "imagenet")
+    assert (flags.test_fraction, flags.augment, flags.batch_size) == (0.2, True, 18)
+    assert (flags.sweep.num_samples, flags.sweep.cpus_per_trial) == (6, 0.5)
+    assert _params("--no-augment", "--profile", "paper", "--ray-address", "h:6379").augment is False
+
+
+def test_environment_gives_the_default_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAINTL_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("BRAINTL_DATA", str(tmp_path / "scans"))
+    params = _params()
+    assert (params.out_url, params.data_url) == (str(tmp_path / "out"), str(tmp_path / "scans"))
+    assert _params("--out", str(tmp_path / "elsewhere")).out_url == str(tmp_path / "elsewhere")
+    assert build_parser().parse_args(["train"]).out == f"{tmp_path / 'out'}/train"
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ("missing.json", "--params missing.json: no such file"),
+        ("{not json", "--params {not json: not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"epochs": 0}', "epochs: Input should be greater than or equal to 1"),
+        ('{"colour": "blue"}', "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_params_are_usage_errors(tmp_path, monkeypatch, capsys, params, expected):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "list.json"
+    path.write_text(params)
+    given = str(path) if params.startswith("[") else params
+    assert main(["run", "--params", given]) == 2
+    assert expected in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [path]  # nothing written
+
+
+def test_version(capsys):
+    from braintl import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"braintl {__version__}"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_failed_run_exits_1_and_says_why(tmp_path, capsys):
+    data = write_phantom_dataset(str(tmp_path / "scans"), {"yes": 6}, size=64)  # one label only
+    code = main(["run", "--data", data, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "the retrain flow ended Failed" in err and "fewer than two labels" in err
