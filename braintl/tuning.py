@@ -87,6 +87,16 @@ def threads_for(cpus: float) -> int:
     return max(1, math.floor(cpus))
 
 
+RAY_TOKEN_SETUP_LOG = "ray._private.authentication.authentication_token_setup"
+
+
+def _token_enabled_notice(record: logging.LogRecord) -> bool:
+    """Drop Ray's warning that token authentication is on by default ("set RAY_AUTH_MODE=
+    disabled to opt out"): on the local Ray braintl starts it is on, as it should be, and a
+    first run's output should not read as a problem. Every other message passes."""
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Connect to the Ray cluster at ``address``, or start a small, quiet local Ray once."""
     keep_out_of_ray_logs()
@@ -95,7 +105,12 @@ def ensure_ray(address: str | None = None) -> None:
     options = {"log_to_driver": False, "logging_level": logging.WARNING}
     if not address:
         options |= {"num_cpus": os.cpu_count(), "include_dashboard": False}
-        ray.init(ignore_reinit_error=True, **options)
+        token_notice = logging.getLogger(RAY_TOKEN_SETUP_LOG)
+        token_notice.addFilter(_token_enabled_notice)
+        try:
+            ray.init(ignore_reinit_error=True, **options)
+        finally:
+            token_notice.removeFilter(_token_enabled_notice)
         return
     try:
         ray.init(address=address, ignore_reinit_error=True, **options)

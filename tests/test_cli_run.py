@@ -4,6 +4,10 @@ defaults, --version, and exit codes (0 done, 1 a failed run, 2 a usage or input 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +87,28 @@ def test_a_failed_run_exits_1_and_says_why(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "the retrain flow ended Failed" in err and "fewer than two labels" in err
+
+
+@pytest.mark.slow
+def test_a_first_run_is_quiet_and_ends_with_the_report(tmp_path):
+    """A new user's first command, in a fresh process with Prefect's temporary server and a
+    local Ray: no traceback, no ERROR line, no Ray notice to worry about, the report last."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_"))}
+    options = ["--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "1"]
+    options += ["--folds", "2", "--num-samples", "1"]
+    done = subprocess.run(
+        [Path(sys.executable).with_name("braintl"), "run", *options],
+        cwd=tmp_path,
+        env={**env, "PREFECT_HOME": str(tmp_path / "prefect")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    for alarming in ("Traceback", "| ERROR", "Token authentication is enabled"):
+        assert alarming not in output, output[-4000:]
+    first, last = done.stdout.splitlines()[0], done.stdout.strip().splitlines()[-1]
+    assert first.startswith("braintl run: synthetic phantoms → braintl-runs, profile quick")
+    report = last.removeprefix("report: ")
+    assert last.startswith("report: ") and (tmp_path / report).is_file(), last

@@ -153,6 +153,10 @@ def run_flow(args: argparse.Namespace) -> int:
     server = start_ephemeral_prefect()  # the one braintl.cli started, if it did
     if server is not None:
         server.join()
+    if not args.json:
+        data = params.data_url or "synthetic phantoms"
+        models = f"{len(params.pairs())} models × {params.folds} folds"
+        print(f"braintl run: {data} → {params.out_url}, profile {params.profile}, {models}")
     start = time.perf_counter()
     state = retrain(params, return_state=True)
     seconds = time.perf_counter() - start
@@ -166,5 +170,9 @@ def run_flow(args: argparse.Namespace) -> int:
     if state.name == "Nothing changed":
         print(f"\nnothing changed since run {record['run_id']} (use --force to run again)")
     print("\n" + resolve(record["results"]["table.md"]).read_bytes().decode())
-    print(f"results: {record['run_url']}   ({seconds:.0f} s)")
+    print(f"run:    {record['run_url']}   ({seconds:.0f} s)")
+    if record.get("model"):
+        print(f"model:  {record['model']}")
+    if record.get("report"):
+        print(f"report: {record['report']['index.html']}")
     return 0
