@@ -31,7 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--backbones", metavar="A,B", help="comma-separated backbone names")
     p.add_argument("--strategies", metavar="A,B", help="comma-separated strategies")
-    p.add_argument("--num-samples", type=int, help="sweep samples")
+    p.add_argument(
+        "--tuning",
+        choices=("sweep", "seed"),
+        help="sweep hyperparameters, or train the seed's own settings (paper's default)",
+    )
+    p.add_argument("--num-samples", type=int, help="sweep samples (asks for a sweep)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(handler=run_flow)
 
@@ -48,6 +53,7 @@ def params_from_args(args: argparse.Namespace) -> dict:
         "image_size": args.image_size,
         "backbones": _names(args.backbones),
         "strategies": _names(args.strategies),
+        "tuning": args.tuning,
     }
     params = {k: v for k, v in values.items() if v is not None}
     if args.force:

@@ -37,7 +37,8 @@ DELONG_COLUMNS = {
     "p_holm": "p Holm",
     "p_images": "p (images)",
 }
-BEST_CONFIG_FIELDS = ("weights", "head", "head_units", "dropout", "lr", "batch_size", "epochs")
+BEST_CONFIG_FIELDS = ("weights", "head", "head_units", "dropout", "lr", "backbone_lr_factor",
+                      "batch_size", "epochs", "warmup_epochs")  # fmt: skip
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1400px;padding:1em 2em;
 color:#1d2733}
@@ -106,7 +107,7 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             f"<figcaption>{_e(v)}</figcaption></figure>"
             for k, v in PLOTS.items()
         ),
-        "sweep": _sweep(report["sweep"]),
+        "sweep": _sweep(report["sweep"], report["models"]),
         "explanations": _explanations(report["explanations"], images),
         "data": _data(report["data"]),
         "run": _run(run),
@@ -263,9 +264,26 @@ def interval_of(boot: dict) -> str:
     )
 
 
-def _sweep(sweeps: dict) -> str:
+def _configs_table(configs: dict[str, dict], attrs: str) -> str:
+    rows = [
+        [_td(model)]
+        + [
+            _td(_number(v) if isinstance(v := config.get(f), float) else v)
+            for f in BEST_CONFIG_FIELDS
+        ]
+        for model, config in configs.items()
+    ]
+    return _table(["model", *BEST_CONFIG_FIELDS], rows, attrs)
+
+
+def _sweep(sweeps: dict, models: list[dict]) -> str:
     if not sweeps:
-        return '<p class="note">This run recorded no sweep.</p>'
+        return (
+            '<p class="note" id="no-sweep">No sweep: every model trained with the seed\'s own '
+            "settings (tuning <b>seed</b>; see <code>braintl.replica</code> for how the seed's "
+            "text maps to them), so a run under the paper protocol replicates the seed.</p>"
+            + _configs_table({m["model"]: m["config"] for m in models}, ' id="seed-configs"')
+        )
     out = []
     for name, sweep in sweeps.items():
         trials = sweep.get("trials", [])
@@ -280,20 +298,11 @@ def _sweep(sweeps: dict) -> str:
                _td(t.get("error") or "")]
             for t in trials
         ]  # fmt: skip
-        best = sweep.get("best", {})
-        best_rows = [
-            [_td(model)]
-            + [
-                _td(_number(v) if isinstance(v := config.get(f), float) else v)
-                for f in BEST_CONFIG_FIELDS
-            ]
-            for model, config in best.items()
-        ]
         out.append(
             f"<h3>Sweep {_e(name)}: {len(trials)} trials</h3>"
             + _table(headers, rows, f' class="sweep-trials" data-sweep="{_e(name)}"')
             + "<h4>Best configuration per model</h4>"
-            + _table(["model", *BEST_CONFIG_FIELDS], best_rows, ' class="sweep-best"')
+            + _configs_table(sweep.get("best", {}), ' class="sweep-best"')
         )
     return "".join(out)
 

@@ -1,0 +1,69 @@
+"""The paper profile trains the seed's own settings: no sweep unless one is asked for."""
+
+from __future__ import annotations
+
+import pytest
+
+from braintl.cli import build_parser
+from braintl.commands.run import params_from_args
+from braintl.replica import seed_config
+from flows.retrain import RetrainParams
+
+CLUSTER = "ray://head:10001"  # paper asks for GPUs: none here
+SEED = {"lr": 1e-3, "batch_size": 18, "epochs": 18, "head": "paper", "backbone_lr_factor": 1.0}
+VGG_FT = {**SEED, "head": "paper_vgg_ft", "warmup_epochs": 18, "epochs": 18 + 98}
+
+
+def _configs(params: RetrainParams) -> dict[str, dict]:
+    configs = {}
+    for weights, pairs in params.sweep_groups().items():
+        configs |= params.fixed_configs(weights, pairs)
+    return configs
+
+
+def test_paper_profile_trains_every_model_with_the_seeds_settings():
+    params = RetrainParams(profile="paper", ray_address=CLUSTER)
+    assert params.tuning == "seed"
+    configs = _configs(params)
+    assert set(configs) == {f"{b}/{s}" for b, s in params.pairs()} and len(configs) == 9
+    for name, config in configs.items():
+        expected = VGG_FT if name == "vgg16/finetune" else {**SEED, "warmup_epochs": 0}
+        assert {k: config[k] for k in expected} == expected, name
+        assert config["head_units"] is None and config["dropout"] is None  # the heads' own
+        assert config["early_stopping_patience"] is None and config["weight_decay"] == 0
+        scratch = name.startswith("scratch_cnn")
+        assert config["weights"] == ("none" if scratch else "imagenet")
+        assert config["strategy"] == name.split("/")[1]
+
+
+def test_vgg16_fine_tuned_warms_its_head_for_the_basic_budget_then_adds_98():
+    config = seed_config("vgg16", "finetune", {"weights": "none", "epochs": 2, "seed": 0})
+    assert (config.warmup_epochs, config.epochs, config.head) == (2, 100, "paper_vgg_ft")
+    assert seed_config("xception", "finetune", {"weights": "none"}).warmup_epochs == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "tuning"),
+    [
+        ({}, "seed"),
+        ({"sweep": {"num_samples": 4}}, "sweep"),
+        ({"sweep": {"num_samples": 4}, "tuning": "seed"}, "seed"),
+        ({"tuning": "sweep"}, "sweep"),
+    ],
+)
+def test_sweep_settings_ask_for_a_sweep(given, tuning):
+    params = RetrainParams(profile="paper", ray_address=CLUSTER, **given)
+    assert params.tuning == tuning
+    again = RetrainParams(**params.model_dump())  # a round trip (Prefect's) keeps the choice
+    assert again.tuning == tuning and again.sweep == params.sweep
+
+
+def test_cli_paper_run_is_a_replica_unless_asked_to_sweep():
+    def parsed(*extra: str) -> RetrainParams:
+        args = build_parser().parse_args(["run", "--profile", "paper", *extra])
+        return RetrainParams(**params_from_args(args), ray_address=CLUSTER)
+
+    assert parsed().tuning == "seed"
+    assert parsed("--num-samples", "8").tuning == "sweep"
+    assert parsed("--tuning", "sweep").tuning == "sweep"
+    assert RetrainParams().tuning == "sweep"  # quick sweeps, as before
