@@ -31,7 +31,9 @@ stage stays the seed's 98.
 from __future__ import annotations
 
 from braintl.training import TrainConfig
+from braintl.training.config import WARMUP_STRATEGIES
 
+SEED_IMAGE_SIZE = 224
 SEED_LR = 1e-3
 SEED_EPOCHS = 18
 SEED_BATCH_SIZE = 18
@@ -50,6 +52,8 @@ SEED_SETTINGS = {
     "early_stopping_patience": None,
     "warmup_epochs": 0,
 }
+# Fields a trained model's configuration is held to when it is compared with the seed's figure.
+COMPARED = ("lr", "batch_size", "epochs", "head", "head_units", "dropout", "warmup_epochs")
 
 
 def seed_config(backbone: str, strategy: str, base: dict) -> TrainConfig:
@@ -69,3 +73,20 @@ def seed_config(backbone: str, strategy: str, base: dict) -> TrainConfig:
 def seed_configs(pairs: list[tuple[str, str]], base: dict) -> dict[str, dict]:
     """``backbone/strategy`` → the seed's configuration, in the shape a sweep's ``best`` has."""
     return {f"{b}/{s}": seed_config(b, s, base).model_dump() for b, s in pairs}
+
+
+def departures(config: dict, image_size: int) -> list[str]:
+    """How a trained model's configuration departs from the seed's, in words such as
+    ``"epochs 3 (seed 18)"``; empty for a replica. Fields a config predates take their default."""
+    seed = seed_config(config["backbone"], config["strategy"], {"weights": config["weights"]})
+    defaults = {k: field.default for k, field in TrainConfig.model_fields.items()}
+    trains_backbone = config["strategy"] in WARMUP_STRATEGIES
+    fields = COMPARED + (("backbone_lr_factor",) if trains_backbone else ())
+    out = [
+        f"{k} {config.get(k, defaults[k])} (seed {getattr(seed, k)})"
+        for k in fields
+        if config.get(k, defaults[k]) != getattr(seed, k)
+    ]
+    if image_size != SEED_IMAGE_SIZE:
+        out.append(f"image size {image_size} (seed {SEED_IMAGE_SIZE})")
+    return out

@@ -21,6 +21,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import PrefectFuture, as_completed
+from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from braintl import replica, runlease
+from braintl.caveats import run_warnings, synthetic_data
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
 from braintl.limits import gpu_request_problem, local_gpus
@@ -324,7 +326,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     best: dict[str, dict] = {}
     sweeps: dict[str, dict] = {}
     warm = warm_start(params.weights, params.out_url)
-    for weights, pairs in params.sweep_groups(warm).items():
+    groups = params.sweep_groups(warm)
+    starts = [(backbone, w) for w, pairs in groups.items() for backbone, _ in pairs]
+    warnings = run_warnings(starts, synthetic_data(tensors_url))
+    for warning in warnings:  # before any training: what the numbers will not be
+        get_run_logger().warning(f"WARNING: {warning}")
+    for weights, pairs in groups.items():
         if params.tuning == "seed":
             best |= params.fixed_configs(weights, pairs)
             print(f"no sweep (tuning seed): {len(pairs)} models train the seed's own settings")
@@ -392,8 +399,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     create_table_artifact(
         _table_rows(summary), key="retrain-results", description=f"run {run_id}, mean over folds"
     )
+    opening = "".join(f"**Warning: {w}**\n\n" for w in warnings)
     create_markdown_artifact(
-        f"# Retrain run {run_id}\n\n{to_markdown(summary)}\nResults: `{run.url}`\n",
+        f"# Retrain run {run_id}\n\n{opening}{to_markdown(summary)}\nResults: `{run.url}`\n",
         key="retrain-summary",
         description="results table",
     )
