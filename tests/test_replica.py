@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from braintl.caveats import RANDOM_INIT_WARNING
 from braintl.cli import build_parser
 from braintl.commands.run import params_from_args
 from braintl.replica import seed_config
@@ -67,3 +71,49 @@ def test_cli_paper_run_is_a_replica_unless_asked_to_sweep():
     assert parsed("--num-samples", "8").tuning == "sweep"
     assert parsed("--tuning", "sweep").tuning == "sweep"
     assert RetrainParams().tuning == "sweep"  # quick sweeps, as before
+
+
+@pytest.mark.slow
+def test_a_seed_run_trains_the_fixed_configurations_without_a_sweep(tmp_path, caplog):
+    """The real flow with ``tuning="seed"``: no sweep, every fold trains the seed's settings,
+    and the log warns, before training, that random-weight backbones are stand-ins."""
+    import ray
+    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from braintl.data.phantoms import write_phantom_dataset
+    from flows.retrain import retrain
+
+    data = write_phantom_dataset(str(tmp_path / "data"), {"yes": 12, "no": 12}, size=48)
+    params = RetrainParams(
+        data_url=data,
+        out_url=str(tmp_path / "out"),
+        tuning="seed",
+        backbones=["scratch_cnn", "mobilenet_v2"],
+        strategies=["frozen"],
+        image_size=32,
+        epochs=1,
+        folds=2,
+        test_fraction=0.25,
+    )
+    home = tmp_path / "prefect"
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    ray.shutdown()
+    try:
+        with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+            state = retrain(params, return_state=True)
+    finally:
+        ray.shutdown()
+    assert state.is_completed(), state.message
+    run = Path(state.result()["run_url"])
+    assert json.loads((run / "sweep.json").read_text()) == {}
+    results = json.loads((run / "results.json").read_text())
+    base = params.base_train_config("none")
+    for model in results["models"]:
+        expected = seed_config(model["backbone"], model["strategy"], base).model_dump()
+        trained = {k: v for k, v in model["config"].items() if k != "num_threads"}
+        assert trained == {k: v for k, v in expected.items() if k != "num_threads"}
+        assert model["config"]["lr"] == 1e-3  # batch size and epochs: the run's (quick)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(RANDOM_INIT_WARNING in w and "mobilenet_v2" in w for w in warnings)
+    assert 'id="no-sweep"' in (run / "report" / "index.html").read_text()
