@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable
 
 import pyarrow.fs
@@ -35,6 +36,8 @@ from braintl.storage import resolve
 from braintl.training import TrainConfig, train
 
 METRIC = "val_auc"
+# Folds submitted at once (a run without a sweep) call ensure_ray from several threads.
+_RAY_INIT = threading.Lock()
 HYPERPARAMETERS = ("lr", "dropout", "head_units", "batch_size")
 
 
@@ -98,10 +101,15 @@ def _token_enabled_notice(record: logging.LogRecord) -> bool:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to the Ray cluster at ``address``, or start a small, quiet local Ray once."""
+    """Connect to the Ray cluster at ``address``, or start a small, quiet local Ray once
+    (once across threads too)."""
     keep_out_of_ray_logs()
-    if ray.is_initialized():
-        return
+    with _RAY_INIT:
+        if not ray.is_initialized():
+            _init_ray(address)
+
+
+def _init_ray(address: str | None) -> None:
     options = {"log_to_driver": False, "logging_level": logging.WARNING}
     if not address:
         options |= {"num_cpus": os.cpu_count(), "include_dashboard": False}

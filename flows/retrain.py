@@ -21,13 +21,15 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import PrefectFuture, as_completed
+from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from braintl import runlease
+from braintl import replica, runlease
+from braintl.caveats import run_warnings, synthetic_data
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
 from braintl.limits import gpu_request_problem, local_gpus
@@ -58,6 +60,7 @@ STRATEGIES = ("frozen", "finetune")
 SCRATCH = "scratch_cnn"
 
 # Settings each profile presets; any field given explicitly wins (merged before validation).
+# paper trains the seed's own settings (braintl.replica) unless sweep settings are given.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "weights": "none",
@@ -66,6 +69,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "folds": 3,
         "augment": False,
+        "tuning": "sweep",
         "cpus_per_fold": 1.0,
         "gpus_per_fold": 0.0,
         "sweep": {"num_samples": 1, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
@@ -77,6 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 18,
         "folds": 5,
         "augment": True,
+        "tuning": "seed",
         "cpus_per_fold": 2.0,
         "gpus_per_fold": 0.25,
         "sweep": {"cpus_per_trial": 2.0, "gpus_per_trial": 0.25},
@@ -115,6 +120,12 @@ class RetrainParams(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     augment: bool = Field(False, description="offline augmentation of training partitions")
     seed: int = Field(0, ge=0)
+    tuning: Literal["sweep", "seed"] = Field(
+        "sweep",
+        description="sweep: Ray Tune chooses each model's hyperparameters; seed: no sweep, every "
+        "model trains with the seed's own settings (the paper replica). Giving sweep settings "
+        "without tuning asks for a sweep",
+    )
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     cpus_per_fold: float = Field(1.0, gt=0)
     gpus_per_fold: float = Field(0.0, ge=0, description="fractions share a GPU")
@@ -130,7 +141,8 @@ class RetrainParams(BaseModel):
         given_sweep = data.get("sweep") or {}
         if isinstance(given_sweep, SweepConfig):
             given_sweep = given_sweep.model_dump(include=given_sweep.model_fields_set)
-        return {**preset, **data, "sweep": {**preset["sweep"], **given_sweep}}
+        tuning = {"tuning": "sweep"} if given_sweep else {}  # asked for a sweep: gets one
+        return {**preset, **tuning, **data, "sweep": {**preset["sweep"], **given_sweep}}
 
     # Bad values are refused here, before any work, with the field named: the Prefect form
     # and `braintl run` both build this model.
@@ -164,10 +176,9 @@ class RetrainParams(BaseModel):
     def _gpus_fit_one_node(self) -> RetrainParams:
         """See :func:`braintl.limits.gpu_request_problem`: with local Ray, one node is this
         machine; with ``ray_address`` only the form of the request is checked."""
-        requests = {
-            "sweep.gpus_per_trial": self.sweep.gpus_per_trial,
-            "gpus_per_fold": self.gpus_per_fold,
-        }
+        requests = {"gpus_per_fold": self.gpus_per_fold}
+        if self.tuning == "sweep":
+            requests = {"sweep.gpus_per_trial": self.sweep.gpus_per_trial, **requests}
         per_node = None if self.ray_address or not any(requests.values()) else local_gpus()
         problems = [gpu_request_problem(name, gpus, per_node) for name, gpus in requests.items()]
         if any(problems):
@@ -220,6 +231,10 @@ class RetrainParams(BaseModel):
             "batch_size": self.batch_size,
             "seed": self.seed,
         }
+
+    def fixed_configs(self, weights: str, pairs: list[tuple[str, str]]) -> dict[str, dict]:
+        """With ``tuning="seed"``, each pair's training configuration: the seed's settings."""
+        return replica.seed_configs(pairs, self.base_train_config(weights))
 
     def run_key(self, fingerprint: str) -> str:
         """Same data and same settings → same key: the run would change nothing."""
@@ -311,7 +326,16 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     best: dict[str, dict] = {}
     sweeps: dict[str, dict] = {}
     warm = warm_start(params.weights, params.out_url)
-    for weights, pairs in params.sweep_groups(warm).items():
+    groups = params.sweep_groups(warm)
+    starts = [(backbone, w) for w, pairs in groups.items() for backbone, _ in pairs]
+    warnings = run_warnings(starts, synthetic_data(tensors_url))
+    for warning in warnings:  # before any training: what the numbers will not be
+        get_run_logger().warning(f"WARNING: {warning}")
+    for weights, pairs in groups.items():
+        if params.tuning == "seed":
+            best |= params.fixed_configs(weights, pairs)
+            print(f"no sweep (tuning seed): {len(pairs)} models train the seed's own settings")
+            continue
         name = {"imagenet": "pretrained", "none": "random-init"}.get(weights, "custom-weights")
         swept = sweep.with_options(task_run_name=f"sweep-{name}", refresh_cache=params.force)(
             tensors_url,
@@ -375,8 +399,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     create_table_artifact(
         _table_rows(summary), key="retrain-results", description=f"run {run_id}, mean over folds"
     )
+    opening = "".join(f"**Warning: {w}**\n\n" for w in warnings)
     create_markdown_artifact(
-        f"# Retrain run {run_id}\n\n{to_markdown(summary)}\nResults: `{run.url}`\n",
+        f"# Retrain run {run_id}\n\n{opening}{to_markdown(summary)}\nResults: `{run.url}`\n",
         key="retrain-summary",
         description="results table",
     )

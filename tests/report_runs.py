@@ -1,5 +1,6 @@
 """Two small retrain runs on phantoms, one per protocol (groups, then paper), with the same
-settings in the same output: the real flow under a temporary Prefect server with real local Ray,
+settings (offline augmentation on, so the paper protocol's test set holds copies) in the same
+output: the real flow under a temporary Prefect server with real local Ray,
 which renders each run's report. Run once per test session, whichever report test asks first."""
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def _run_both(root: Path) -> ReportRuns:
                     epochs=2,
                     folds=2,
                     test_fraction=0.25,
+                    augment=True,
                     sweep={"num_samples": 1},
                 )
                 state = retrain(params, return_state=True)

@@ -84,7 +84,11 @@ def test_gpu_requests_checked_against_this_machine_with_local_ray():
         params = RetrainParams(sweep={"gpus_per_trial": 0.25}, gpus_per_fold=1)
         assert params.sweep.gpus_per_trial == 0.25
     else:
-        both = _refused(profile="paper")  # paper asks ¼ GPU per trial and per fold
+        # paper asks ¼ GPU per fold, and per trial once it sweeps
+        assert "sweep" not in _refused(profile="paper") and "gpus_per_fold=0.25" in _refused(
+            profile="paper"
+        )
+        both = _refused(profile="paper", sweep={"num_samples": 2})
         assert "sweep.gpus_per_trial=0.25" in both and "gpus_per_fold=0.25" in both
     cluster = RetrainParams(profile="paper", ray_address="ray://head:10001", gpus_per_fold=2)
     assert cluster.gpus_per_fold == 2

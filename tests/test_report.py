@@ -4,16 +4,21 @@ the page's figures equal to report.json's and results.json's, the leakage audit,
 from __future__ import annotations
 
 import json
+import shutil
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from report_runs import ReportRuns, report_runs
 
+from braintl.caveats import LEAKY_REFERENCE, RANDOM_INIT_WARNING, SYNTHETIC_WARNING
 from braintl.cli import main
+from braintl.data.tensors import TensorSet
+from braintl.metrics import evaluate
+from braintl.report.build import build_report
 from braintl.report.render import PLOTS, SECTIONS
-from braintl.report.seed import TABLE_1
 from braintl.report.tables import TABLE_METRICS
 
 pytestmark = pytest.mark.slow
@@ -136,14 +141,37 @@ def test_page_figures_equal_report_json_and_results_json(runs):
     assert escape(report["summary"]["text"]) in html
 
 
-def test_seed_figures_sit_beside_ours_with_their_protocol(runs):
+def test_random_weights_and_phantoms_open_with_warnings_and_get_no_seed_figure(runs):
     report, _, html = _files(runs, "groups")
-    seeds = {m["model"]: m["seed"] for m in report["models"]}
-    assert seeds["scratch_cnn/full"]["figures"] == TABLE_1[("scratch_cnn", "full")]["figures"]
-    assert seeds["mobilenet_v2/frozen"]["name"] == "MobileNetV2"
-    assert seeds["mobilenet_v2/frozen"]["protocol"] == "paper"
-    assert "seed 83.6" in html and "seed 85.4" in html  # the seed's AUCs, in %
-    assert "Xception fine-tuned" in json.dumps(report["seed"]["table_1"])
+    random_init, synthetic = report["warnings"]
+    assert random_init.startswith(RANDOM_INIT_WARNING) and "mobilenet_v2" in random_init
+    assert synthetic.startswith(SYNTHETIC_WARNING)
+    warnings_at = html.index('class="warning"')
+    assert warnings_at < html.index('id="summary"')
+    assert all(escape(w) in html for w in report["warnings"])
+    table_md = (runs.run_dir("groups") / "report" / "table.md").read_text()
+    assert table_md.startswith(f"**Warning: {random_init}**")
+    for model in report["models"]:
+        assert model["seed"] is None and not model["seed_comparison"]["shown"]
+        assert "synthetic" in model["seed_comparison"]["label"]
+    summary = report["summary"]
+    assert summary["synthetic"] and summary["seed_auc"] is None
+    assert "synthetic phantoms" in summary["text"] and "The seed reports" not in summary["text"]
+    assert "seed 83.6" not in html  # the seed's 2D-CNN AUC, in %
+    assert "Xception fine-tuned" in json.dumps(report["seed"]["table_1"])  # still cited, apart
+
+
+def test_each_figure_names_its_estimand(runs):
+    report, _, html = _files(runs, "paper")
+    fold_mean = "mean of 2 fold models, each at its own threshold"
+    ensemble = "fold-averaged probabilities of 2 fold models"
+    assert report["summary"]["auc_estimand"] == fold_mean
+    assert f"AUC ({fold_mean})" in report["summary"]["text"]
+    assert all(row["estimand"] == fold_mean for row in report["table"])
+    assert report["comparisons"]["estimand"] == ensemble
+    assert all(m["ensemble"]["estimand"] == ensemble for m in report["models"])
+    assert all(row["estimand"] == fold_mean for row in report["leakage_audit"]["rows"])
+    assert f"<b>{ensemble}</b>" in html and f"<b>{fold_mean}</b>" in html
 
 
 def test_comparisons_sweep_and_data_sections(runs):
@@ -183,6 +211,28 @@ def test_leakage_audit_compares_the_protocols(runs, capsys):
             g, p = groups_by[row["model"]][metric]["mean"], paper_by[row["model"]][metric]["mean"]
             assert inflation == pytest.approx(p - g)
     assert 'id="leakage-table"' in html
+    # The paper models again, on the original scans of their test set only.
+    config = json.loads((runs.run_dir("paper") / "config.json").read_text())
+    tensors = TensorSet.load(config["data"]["tensors_url"])
+    sets = audit["test_sets"]
+    assert sets["groups"]["originals"] == sets["groups"]["images"]  # copies only in training
+    assert sets["paper"]["originals"] < sets["paper"]["images"]  # augmented, then split
+    for model in paper_results["models"]:
+        row = next(r for r in audit["rows"] if r["model"] == model["model"])
+        scores = []
+        for fold in model["runs"]:
+            test = json.loads(Path(fold["metrics_url"]).read_text())["evaluation"]["predictions"]
+            index = np.asarray(test["test"]["index"])
+            keep = ~tensors.augmented[index]
+            prob = np.asarray(test["test"]["prob"])[keep]
+            scores.append(evaluate(tensors.labels[index][keep], prob, fold["threshold"]))
+        assert len(keep) > keep.sum() == sets["paper"]["originals"]
+        for metric in ("accuracy", "auc"):
+            expected = np.mean([getattr(s, metric) for s in scores])
+            assert row["paper_originals"][metric] == pytest.approx(expected)
+            g = groups_by[model["model"]][metric]["mean"]
+            assert row["inflation_originals"][metric] == pytest.approx(expected - g)
+    assert "original scans of their test set" in html
 
     # Re-rendered now, the groups run finds its paper sibling too.
     assert main(["report", str(runs.run_dir("groups"))]) == 0
@@ -202,3 +252,45 @@ def test_report_command_on_an_output_root_renders_its_latest_run(runs, capsys):
     assert main(["report", str(runs.out), "--json"]) == 0
     urls = json.loads(capsys.readouterr().out)
     assert urls == runs.records["paper"]["report"]
+
+
+def _as_imagenet_on_real_scans(run: Path, root: Path) -> Path:
+    """A copy of ``run`` relabelled as ImageNet-started on real scans (ImageNet weights cannot
+    be fetched here): weights in results.json and file names in the manifest rewritten."""
+    config = json.loads((run / "config.json").read_text())
+    cache = root / "cache" / Path(config["data"]["tensors_url"]).name
+    shutil.copytree(config["data"]["tensors_url"], cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    for record in manifest["records"]:
+        record["relpath"] = record["relpath"].replace("phantom_", "scan_")
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    copy = root / "runs" / run.name
+    shutil.copytree(run, copy)
+    config["data"]["tensors_url"] = str(cache)
+    (copy / "config.json").write_text(json.dumps(config))
+    results = json.loads((copy / "results.json").read_text())
+    for model in results["models"]:
+        if model["backbone"] != "scratch_cnn":
+            model["config"]["weights"] = "imagenet"
+    (copy / "results.json").write_text(json.dumps(results))
+    return copy
+
+
+@pytest.mark.parametrize("protocol", ["groups", "paper"])
+def test_imagenet_runs_on_real_scans_show_the_seed_labelled_by_protocol(runs, tmp_path, protocol):
+    report, _ = build_report(str(_as_imagenet_on_real_scans(runs.run_dir(protocol), tmp_path)))
+    assert report["warnings"] == []
+    seeds = {m["model"]: m for m in report["models"]}
+    assert seeds["mobilenet_v2/frozen"]["seed"]["name"] == "MobileNetV2"
+    assert seeds["scratch_cnn/full"]["seed"]["name"] == "2D-CNN"
+    summary = report["summary"]
+    assert not summary["synthetic"] and "The seed reports AUC" in summary["text"]
+    assert "no difference is taken" in summary["text"]  # neither is like-for-like
+    for model in report["models"]:
+        comparison = model["seed_comparison"]
+        assert comparison["shown"] and not comparison["comparable"]
+        if protocol == "groups":
+            assert comparison["label"] == LEAKY_REFERENCE
+        else:  # the quick settings of these small runs are not the seed's
+            assert "epochs 2 (seed 18)" in comparison["label"]
+            assert "image size 32 (seed 224)" in comparison["label"]

@@ -100,6 +100,7 @@ def test_history_and_result_are_json(blobs):
     assert set(result.history[0]) == {
         "epoch",
         "stage",
+        "strategy",
         "train_loss",
         "val_loss",
         "val_auc",
@@ -222,6 +223,44 @@ def test_snapshots_leave_frozen_blocks_out_and_restore_late_opened_ones(
     trained = model.state_dict()
     for key in keys:
         assert torch.equal(trained[key], start.state_dict()[key]), key
+
+
+def test_warmup_trains_the_head_alone_then_opens_the_last_block(blobs, scripted_auc, tmp_path):
+    """The seed's two-stage fine-tuning: a new head learns on the frozen backbone, then the
+    last block trains too, with a fresh optimizer; a resume across the switch changes nothing."""
+    finetune = {"backbone": "mobilenet_v2", "strategy": "finetune", "head": "gap"}
+    config = TrainConfig(**{**FAST, **finetune, "epochs": 4, "warmup_epochs": 2})
+    # The last epoch is best, so its weights come back; the resume rescores epoch 4 only.
+    scripted_auc([0.5, 0.6, 0.7, 0.8] * 2 + [0.8])
+    full = train(blobs, *blobs.fold(0), config)
+    assert [r["strategy"] for r in full.history] == ["frozen", "frozen", "finetune", "finetune"]
+    torch.manual_seed(config.seed)
+    start = create_model("mobilenet_v2", head="gap", image_size=blobs.images.shape[-1])
+    last = full.model.spec.last_block
+    changed = {
+        key
+        for key, value in full.model.state_dict().items()
+        if key.startswith("backbone.") and not torch.equal(value, start.state_dict()[key])
+    }
+    assert changed and all(last.owns(k.removeprefix("backbone.")) for k in changed)
+
+    def crash_at_4(record):
+        if record["epoch"] == 4:
+            raise RuntimeError("worker lost")
+
+    url = str(tmp_path / "checkpoint.pt")
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train(blobs, *blobs.fold(0), config, callback=crash_at_4, checkpoint_url=url)
+    resumed = train(blobs, *blobs.fold(0), config, checkpoint_url=url)
+    assert strip_seconds(resumed.history) == strip_seconds(full.history)
+    assert states_equal(resumed.model, full.model)
+
+
+def test_warmup_needs_blocks_to_open_and_an_epoch_after_it():
+    with pytest.raises(ValueError, match="not 'frozen'"):
+        TrainConfig(backbone="mobilenet_v2", strategy="frozen", warmup_epochs=1)
+    with pytest.raises(ValueError, match="leaves no epoch"):
+        TrainConfig(backbone="mobilenet_v2", strategy="finetune", epochs=3, warmup_epochs=3)
 
 
 def test_progressive_stops_when_blocks_run_out(blobs, scripted_auc):

@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="run even when nothing changed")
     p.add_argument("--backbones", metavar="A,B", help="comma-separated backbone names")
     p.add_argument("--strategies", metavar="A,B", help="comma-separated strategies")
+    p.add_argument(
+        "--tuning",
+        choices=("sweep", "seed"),
+        help="sweep hyperparameters, or train the seed's own settings (paper's default); "
+        "sweep settings such as --num-samples ask for a sweep",
+    )
     for flag, field, kind in FIELD_FLAGS:
         p.add_argument(flag, type=kind, dest=field, metavar=kind.__name__.upper())
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -81,6 +87,7 @@ def params_from_args(args: argparse.Namespace) -> dict:
         "ray_address": args.ray_address,
         "backbones": _names(args.backbones),
         "strategies": _names(args.strategies),
+        "tuning": args.tuning,
         **{field: getattr(args, field) for _, field, _ in FIELD_FLAGS},
     }
     for field, value in values.items():

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image
@@ -23,6 +25,9 @@ from scipy import ndimage
 from braintl.storage import resolve
 
 LABELS = {"yes": True, "no": False}  # label folder -> has a tumor
+# What write_phantom_dataset names its files: how a run knows, from its manifest, that its data
+# are synthetic, wherever the set was written or copied.
+PHANTOM_FILE = re.compile(r"phantom_(yes|no)_\d{4,}\.\w+")
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
@@ -151,3 +156,9 @@ def write_phantom_dataset(
             Image.fromarray(rgb).save(buf, format=pil_format)
             root.join(label, f"phantom_{label}_{i:04d}.{ext}").write_bytes(buf.getvalue())
     return root.url
+
+
+def is_phantom_set(relpaths: Iterable[str]) -> bool:
+    """True when every file (relative path) is one :func:`write_phantom_dataset` wrote."""
+    names = [path.replace("\\", "/").rsplit("/", 1)[-1] for path in relpaths]
+    return bool(names) and all(PHANTOM_FILE.fullmatch(name) for name in names)

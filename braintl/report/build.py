@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from braintl.caveats import run_warnings, seed_comparison, synthetic_data
 from braintl.data.manifest import Manifest, Record
 from braintl.metrics import json_safe
+from braintl.replica import departures
 from braintl.report import plots
 from braintl.report.collect import Run, fold_predictions, load_run, load_tensors, sibling_runs
 from braintl.report.compare import (
@@ -20,6 +22,7 @@ from braintl.report.compare import (
     leakage_audit,
     model_statistics,
 )
+from braintl.report.estimands import ensemble_estimand, fold_mean_estimand
 from braintl.report.explain import gradcam_examples
 from braintl.report.render import render_html
 from braintl.report.seed import SEED_PROTOCOL_NOTE, SEED_SOURCE, TABLE_1, seed_best, seed_row
@@ -40,7 +43,7 @@ def write_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str
         "index.html": render_html(report, images).encode(),
         "report.json": None,
         "table.csv": to_csv(rows).encode(),
-        "table.md": to_markdown(rows, report["run"]["protocol"]).encode(),
+        "table.md": to_markdown(rows, report["run"]["protocol"], report["warnings"]).encode(),
     }
     target = resolve(run_url).join(REPORT_DIR)
     urls = {}
@@ -62,9 +65,18 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
     tensors = load_tensors(run)
     preds = fold_predictions(run.results, tensors.labels, tensors.groups)
     best = best_model(run.results)
+    synthetic = synthetic_data(run.tensors_url)
+    protocol, image_size = run.params["protocol"], run.params["image_size"]
     models = []
     for model in run.results["models"]:
         config = model["config"] or {}
+        comparison = seed_comparison(
+            model["backbone"],
+            config.get("weights"),
+            protocol,
+            synthetic,
+            departures(config, image_size) if config else ["configuration not recorded"],
+        )
         models.append(
             {
                 "model": model["model"],
@@ -76,13 +88,17 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
                 "folds": {"val": model["val"], "test": model["test"]},
                 "runs": model["runs"],
                 **model_statistics(preds[model["model"]], resamples, BOOTSTRAP_SEED),
-                "seed": seed_row(model["backbone"], model["strategy"]),
+                "seed": seed_row(model["backbone"], model["strategy"])
+                if comparison["shown"]
+                else None,
+                "seed_comparison": comparison,
             }
         )
     cases = gradcam_examples(tensors, preds[best["model"]], best["config"], best["fold"])
     report = json_safe(
         {
-            "summary": _summary(run, models[0]),
+            "warnings": run_warnings([(m["backbone"], m["weights"]) for m in models], synthetic),
+            "summary": _summary(run, models[0], synthetic),
             "estimate_note": ESTIMATE_NOTE.format(
                 bootstrap=models[0]["bootstrap"]["text"], resamples=resamples, seed=BOOTSTRAP_SEED
             ),
@@ -91,6 +107,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
             "comparisons": {
                 "delong": delong_against_best(preds, best["model"]),
                 "method": DELONG_METHOD,
+                "estimand": ensemble_estimand(len(best["runs"])),
             },
             "leakage_audit": leakage_audit(run, sibling_runs(run)),
             "sweep": run.sweep,
@@ -117,15 +134,18 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
     return report, images
 
 
-def _summary(run: Run, best: dict) -> dict:
+def _summary(run: Run, best: dict, synthetic: bool) -> dict:
+    """The plain-words summary: the best model's test figures with their estimand and
+    interval, then what, if anything, the seed's figures say beside them (see braintl.caveats)."""
     auc, by_image = best["test_bootstrap"]["auc"], best["test_bootstrap_images"]["auc"]
     protocol = run.params["protocol"]
     leak = "leak-free" if protocol == "groups" else "leaky, as the seed's"
     k = len(best["folds"]["test"]["auc"]["values"])
+    estimand = fold_mean_estimand(k)
     text = (
         f"Best model: {best['model']} (weights {best['weights']}), chosen by mean validation "
         f"AUC over {k} folds, protocol {protocol} ({leak}). On the held-out test set "
-        f"({best['n_test']} scans) its AUC is {_fmt(auc['estimate'])} (95% CI "
+        f"({best['n_test']} scans) its AUC ({estimand}) is {_fmt(auc['estimate'])} (95% CI "
         f"{_fmt(auc['low'])}–{_fmt(auc['high'])}, {best['bootstrap']['text']}, "
         f"{auc['resamples']} resamples; an image bootstrap, which takes copies for independent "
         f"cases, gives {_fmt(by_image['low'])}–{_fmt(by_image['high'])}), accuracy "
@@ -133,29 +153,49 @@ def _summary(run: Run, best: dict) -> dict:
         f"sensitivity {_fmt(best['test_bootstrap']['recall']['estimate'])}, specificity "
         f"{_fmt(best['test_bootstrap']['specificity']['estimate'])}. "
     )
-    seed = best["seed"] or seed_best()
-    seed_auc = seed["figures"]["auc"]
-    which = "for this model" if best["seed"] else f"for its best model, {seed['name']},"
-    text += f"The seed reports AUC {seed_auc:.3f} {which} under its leaky protocol"
-    if auc["estimate"] is None:
-        text += "; our AUC is undefined (one class in the test set)."
-    else:
-        inside = auc["low"] <= seed_auc <= auc["high"]
+    comparison = best["seed_comparison"]
+    seed = (best["seed"] or seed_best()) if comparison["shown"] else None
+    if synthetic:
         text += (
-            f": ours is {auc['estimate'] - seed_auc:+.3f}, and the seed's figure lies "
-            f"{'inside' if inside else 'outside'} our interval."
+            "The data are synthetic phantoms: these figures say nothing about brain MRI, and "
+            "nothing is compared with the seed's real-data figures."
         )
+    elif seed is None:
+        text += f"The seed's figures: {comparison['label']}."
+    else:
+        seed_auc = seed["figures"]["auc"]
+        which = "for this model" if best["seed"] else f"for its best model, {seed['name']},"
+        text += (
+            f"The seed reports AUC {seed_auc:.3f} {which} (protocol paper, one model on one "
+            f"random split; {comparison['label']})"
+        )
+        if not comparison["comparable"]:
+            text += (
+                ": no difference is taken; the leakage audit, with a paper-protocol run of "
+                "the same settings, measures what the protocol adds."
+            )
+        elif auc["estimate"] is None:
+            text += "; our AUC is undefined (one class in the test set)."
+        else:
+            inside = auc["low"] <= seed_auc <= auc["high"]
+            text += (
+                f": ours is {auc['estimate'] - seed_auc:+.3f}, and the seed's figure lies "
+                f"{'inside' if inside else 'outside'} our interval."
+            )
     return {
         "best_model": best["model"],
         "auc": auc["estimate"],
+        "auc_estimand": estimand,
         "auc_low": auc["low"],
         "auc_high": auc["high"],
         "auc_images_low": by_image["low"],
         "auc_images_high": by_image["high"],
         "bootstrap": best["bootstrap"]["text"],
         "protocol": protocol,
-        "seed_model": seed["name"],
-        "seed_auc": seed_auc,
+        "synthetic": synthetic,
+        "seed_comparison": comparison,
+        "seed_model": seed["name"] if seed else None,
+        "seed_auc": seed["figures"]["auc"] if seed else None,
         "text": text,
     }
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from braintl.data.tensors import TensorSet
 from braintl.metrics import evaluate, json_safe, reliability_bins
-from braintl.report.collect import FoldPredictions, Run
+from braintl.report.collect import FoldPredictions, Run, fold_predictions
+from braintl.report.estimands import ensemble_estimand, fold_mean_estimand
 from braintl.uncertainty import bootstrap_metrics, delong_test, holm, one_per_group
 
 ESTIMATE_NOTE = (
@@ -72,6 +74,7 @@ def model_statistics(pred: FoldPredictions, resamples: int, seed: int) -> dict:
             "n_test": len(pred.y),
             "n_groups": len(first),
             "ensemble": {
+                "estimand": ensemble_estimand(len(pred.probs)),
                 "auc": ensemble.auc,
                 "brier": ensemble.brier,
                 "ece": ensemble.ece,
@@ -125,8 +128,15 @@ def delong_against_best(preds: dict[str, FoldPredictions], best: str) -> list[di
 
 
 def leakage_audit(run: Run, siblings: list[Run]) -> dict:
-    """The same models' mean test scores under each protocol, and the leaky protocol's
-    inflation (paper − groups); empty ``rows`` until both protocols have run."""
+    """The same models' test scores under each protocol, and the leaky protocol's inflation
+    (paper − groups); empty ``rows`` until both protocols have run.
+
+    The paper protocol's test set holds augmented copies and the augmented class mix; the groups
+    protocol's holds original scans only. So each row also scores the paper-protocol fold models
+    on the original scans of their test set (``paper_originals``, ``inflation_originals``): the
+    same kind of images and class mix as the groups test set, copies of them still in training,
+    so what remains is leakage, not prevalence or augmentation.
+    """
     by_protocol = {r.params["protocol"]: r for r in [run, *siblings]}
     audit = {
         "runs": {p: {"run_id": r.run_id, "url": r.loc.url} for p, r in by_protocol.items()},
@@ -134,15 +144,63 @@ def leakage_audit(run: Run, siblings: list[Run]) -> dict:
     }
     if not {"groups", "paper"} <= by_protocol.keys():
         return audit
+    tensors = {p: TensorSet.load(r.tensors_url) for p, r in by_protocol.items()}
+    paper_tensors = tensors["paper"]
+    paper_preds = fold_predictions(
+        by_protocol["paper"].results, paper_tensors.labels, paper_tensors.groups
+    )
     tables = {p: {m["model"]: m for m in r.results["models"]} for p, r in by_protocol.items()}
     for name, groups in tables["groups"].items():
         paper = tables["paper"].get(name)
         if paper is None:
             continue
-        row = {"model": name, "groups": {}, "paper": {}, "inflation": {}}
+        originals = originals_scores(paper_preds[name], paper_tensors.augmented)
+        row = {
+            "model": name,
+            "estimand": fold_mean_estimand(len(paper["runs"])),
+            "groups": {},
+            "paper": {},
+            "paper_originals": originals,
+            "inflation": {},
+            "inflation_originals": {},
+        }
         for metric in AUDIT_METRICS:
             g, p = groups["test"][metric]["mean"], paper["test"][metric]["mean"]
             row["groups"][metric], row["paper"][metric] = g, p
-            row["inflation"][metric] = None if g is None or p is None else p - g
+            row["inflation"][metric] = _difference(p, g)
+            row["inflation_originals"][metric] = _difference(originals[metric], g)
         audit["rows"].append(row)
-    return audit
+    audit["test_sets"] = {p: held_out_composition(t) for p, t in tensors.items()}
+    return json_safe(audit)
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def originals_scores(pred: FoldPredictions, augmented: np.ndarray) -> dict[str, float | None]:
+    """Each fold model's scores on the test images that are no augmented copy, at its own
+    threshold, averaged over the fold models where defined (results.json's test mean's rule)."""
+    keep = ~augmented[pred.index]
+    scores = [
+        evaluate(pred.y[keep], p[keep], t) for p, t in zip(pred.probs, pred.thresholds, strict=True)
+    ]
+    out = {}
+    for metric in AUDIT_METRICS:
+        values = [v for s in scores if np.isfinite(v := getattr(s, metric))]
+        out[metric] = float(np.mean(values)) if values else None
+    return out
+
+
+def held_out_composition(tensors: TensorSet) -> dict:
+    """The held-out test set's size, originals and tumor share (all images, originals only)."""
+    test = tensors.split.test
+    originals = test[~tensors.augmented[test]]
+    return {
+        "images": len(test),
+        "originals": len(originals),
+        "tumor_share": float(tensors.labels[test].mean()) if len(test) else None,
+        "tumor_share_originals": float(tensors.labels[originals].mean())
+        if len(originals)
+        else None,
+    }

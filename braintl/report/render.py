@@ -23,21 +23,23 @@ PLOTS = {
     "roc": "ROC curves of every model (fold-averaged probability)",
     "confusion": "Confusion matrices (rows: true class; counts summed over fold models)",
     "learning": "Learning curves: train loss and validation AUC per epoch, one colour per fold",
-    "calibration": "Calibration: reliability diagram with Brier score and ECE",
+    "calibration": "Calibration: reliability diagram with Brier score and ECE (fold-averaged "
+    "probability)",
 }
 TRIAL_FIELDS = {"backbone", "strategy", "trial_id", "val_auc", "best_val_auc", "epochs_run",
                 "stopped_early", "error", "reports"}  # fmt: skip
 # report.json's DeLong field → its column on the page.
 DELONG_COLUMNS = {
-    "auc_a": "AUC best",
-    "auc_b": "AUC other",
+    "auc_a": "AUC best (fold-averaged probabilities)",
+    "auc_b": "AUC other (fold-averaged probabilities)",
     "diff": "difference",
     "z": "z",
     "p": "p (groups)",
     "p_holm": "p Holm",
     "p_images": "p (images)",
 }
-BEST_CONFIG_FIELDS = ("weights", "head", "head_units", "dropout", "lr", "batch_size", "epochs")
+BEST_CONFIG_FIELDS = ("weights", "head", "head_units", "dropout", "lr", "backbone_lr_factor",
+                      "batch_size", "epochs", "warmup_epochs")  # fmt: skip
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1400px;padding:1em 2em;
 color:#1d2733}
@@ -52,6 +54,7 @@ tr.best{background:#fff6d6}
 .test{font-weight:600}.folds,.seed{font-size:.85em;color:#57606a}.seed{color:#8a4b00}
 .summary{background:#eef6ff;border-left:4px solid #2f6fb3;padding:.8em 1em;font-size:1.05em}
 .note{color:#57606a;font-size:.9em}
+.warning{background:#fff1f0;border-left:4px solid #b42318;padding:.6em 1em;font-size:1.05em}
 figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
 figure img{max-width:100%;border:1px solid #d0d7de}
 figcaption{font-size:.85em;color:#57606a;max-width:520px}
@@ -106,7 +109,7 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             f"<figcaption>{_e(v)}</figcaption></figure>"
             for k, v in PLOTS.items()
         ),
-        "sweep": _sweep(report["sweep"]),
+        "sweep": _sweep(report["sweep"], report["models"]),
         "explanations": _explanations(report["explanations"], images),
         "data": _data(report["data"]),
         "run": _run(run),
@@ -118,9 +121,21 @@ def render_html(report: dict, images: dict[str, str]) -> str:
         f"<title>braintl report {_e(run['run_id'])}</title><style>{CSS}</style></head><body>"
         f"<h1>braintl report: run {_e(run['run_id'])}</h1>"
         f'<p class="note">protocol <b>{_e(run["protocol"])}</b> · started {_e(run["started"])}'
-        f" · rendered {_e(run['rendered'])} · {_e(run['url'])}</p><nav>{nav}</nav>"
+        f" · rendered {_e(run['rendered'])} · {_e(run['url'])}</p>"
+        f"{_warnings(report['warnings'])}<nav>{nav}</nav>"
         f"{sections}</body></html>"
     )
+
+
+def _warnings(warnings: list[str]) -> str:
+    """The run's plain warnings, before anything else on the page."""
+    return "".join(f'<p class="warning"><b>Warning:</b> {_e(w)}</p>' for w in warnings)
+
+
+def _seed_line(row: dict) -> str:
+    if not row["seed_shown"]:
+        return _e(row["seed_label"])
+    return f"{_e(row['seed_label'])}: {_e(row['seed_name'] or 'the seed trained no such model')}"
 
 
 def _table_1(report: dict) -> str:
@@ -130,8 +145,7 @@ def _table_1(report: dict) -> str:
     rows, row_attrs = [], []
     for row in report["table"]:
         name = _e(row["model"]) + (" <b>★ best</b>" if row["best"] else "")
-        if row["seed_name"]:
-            name += f'<div class="seed">seed: {_e(row["seed_name"])}</div>'
+        name += f'<div class="seed">{_seed_line(row)}</div>'
         cells = [f"<td>{name}</td>", _td(row["weights"]), _td(row["folds"], num=True)]
         for column in TABLE_METRICS:
             cell = row["cells"][column]
@@ -162,13 +176,16 @@ def _table_1(report: dict) -> str:
     return (
         table
         + f'<p class="note">Ours: held-out test set, protocol <b>{_e(protocol)}</b> ({leak}), '
-        "in %: the test estimate with its 95% group-bootstrap interval [low–high]; below it the "
+        f"in %: the test estimate (<b>{_e(report['table'][0]['estimand'])}</b>) with its 95% "
+        "group-bootstrap interval [low–high]; below it the "
         "image bootstrap's interval, the estimate and interval on one image per source group, "
         "and the mean ± sd over folds on the validation folds and on the test set. "
         f"{_e(report['estimate_note'])}</p>"
         f'<p class="note">Seed: {_e(report["seed"]["source"])}, Table 1; protocol '
         f"<b>paper</b> ({_e(report['seed']['protocol'])}). It reports no specificity; its "
-        "recall is the sensitivity.</p>"
+        "recall is the sensitivity. Its figure stands only beside a model started from the "
+        "seed's weights (ImageNet's; none for the 2D-CNN) on real scans, labelled like-for-like "
+        "or not; random-initialised stand-ins and synthetic data get none.</p>"
     )
 
 
@@ -183,22 +200,36 @@ def _leakage(audit: dict, protocol: str) -> str:
         )
     runs = ", ".join(f"{p}: {_e(r['run_id'])}" for p, r in sorted(audit["runs"].items()))
     metrics = list(audit["rows"][0]["groups"])
-    headers = ["model"] + [f"{m}<br>groups · paper · inflation" for m in metrics]
+    headers = ["model"] + [
+        f"{m}<br>groups · paper · inflation<br>paper originals · inflation" for m in metrics
+    ]
     rows = []
     for row in audit["rows"]:
         cells = [_td(row["model"])]
         for m in metrics:
             cells.append(
-                f'<td class="num" data-metric="{m}" data-value="{json.dumps(row["inflation"][m])}">'
+                f'<td class="num" data-metric="{m}" data-value="{json.dumps(row["inflation"][m])}"'
+                f' data-originals="{json.dumps(row["inflation_originals"][m])}">'
                 f"{percent(row['groups'][m])} · {percent(row['paper'][m])} · "
-                f"<b>{_signed(row['inflation'][m])}</b></td>"
+                f"<b>{_signed(row['inflation'][m])}</b><br>"
+                f"{percent(row['paper_originals'][m])} · "
+                f"<b>{_signed(row['inflation_originals'][m])}</b></td>"
             )
         rows.append(cells)
+    sets = audit["test_sets"]
+    composition = "; ".join(
+        f"{p}: {s['images']} images, {s['originals']} originals, tumor "
+        f"{percent(s['tumor_share'])}% (originals {percent(s['tumor_share_originals'])}%)"
+        for p, s in sorted(sets.items())
+    )
     return (
         _table(headers, rows, ' id="leakage-table"')
-        + f'<p class="note">Mean test scores over folds in %, runs {runs}. Inflation = paper − '
-        "groups: what the seed's leaky protocol adds (its test set shares source scans with "
-        "training).</p>"
+        + f'<p class="note">Test scores in %, {_e(audit["rows"][0]["estimand"])}, runs {runs}. '
+        "Inflation = paper − groups: what the seed's leaky protocol adds (its test set shares "
+        "source scans with training). The second line scores the paper-protocol models on the "
+        "original scans of their test set only, the kind of images and class mix the groups "
+        "test set holds, so augmentation and prevalence do not pass for leakage. Held-out test "
+        f"sets: {_e(composition)}.</p>"
     )
 
 
@@ -216,9 +247,13 @@ def _comparisons(report: dict) -> str:
     ]
     best = report["summary"]["best_model"]
     headers = ["other model", *DELONG_COLUMNS.values(), "note"]
+    estimand = report["comparisons"]["estimand"]
     unit = report["models"][0]["bootstrap"]
     out = (
         f"<h3>DeLong's test: {_e(best)} against each other model</h3>"
+        + f'<p class="note" id="delong-estimand">AUCs here: <b>{_e(estimand)}</b> (one '
+        "ensemble per model), not Table 1's mean of the fold models' AUCs; the two differ for "
+        "the same model.</p>"
         + (
             _table(
                 headers,
@@ -263,9 +298,26 @@ def interval_of(boot: dict) -> str:
     )
 
 
-def _sweep(sweeps: dict) -> str:
+def _configs_table(configs: dict[str, dict], attrs: str) -> str:
+    rows = [
+        [_td(model)]
+        + [
+            _td(_number(v) if isinstance(v := config.get(f), float) else v)
+            for f in BEST_CONFIG_FIELDS
+        ]
+        for model, config in configs.items()
+    ]
+    return _table(["model", *BEST_CONFIG_FIELDS], rows, attrs)
+
+
+def _sweep(sweeps: dict, models: list[dict]) -> str:
     if not sweeps:
-        return '<p class="note">This run recorded no sweep.</p>'
+        return (
+            '<p class="note" id="no-sweep">No sweep: every model trained with the seed\'s own '
+            "settings (tuning <b>seed</b>; see <code>braintl.replica</code> for how the seed's "
+            "text maps to them), so a run under the paper protocol replicates the seed.</p>"
+            + _configs_table({m["model"]: m["config"] for m in models}, ' id="seed-configs"')
+        )
     out = []
     for name, sweep in sweeps.items():
         trials = sweep.get("trials", [])
@@ -280,20 +332,11 @@ def _sweep(sweeps: dict) -> str:
                _td(t.get("error") or "")]
             for t in trials
         ]  # fmt: skip
-        best = sweep.get("best", {})
-        best_rows = [
-            [_td(model)]
-            + [
-                _td(_number(v) if isinstance(v := config.get(f), float) else v)
-                for f in BEST_CONFIG_FIELDS
-            ]
-            for model, config in best.items()
-        ]
         out.append(
             f"<h3>Sweep {_e(name)}: {len(trials)} trials</h3>"
             + _table(headers, rows, f' class="sweep-trials" data-sweep="{_e(name)}"')
             + "<h4>Best configuration per model</h4>"
-            + _table(["model", *BEST_CONFIG_FIELDS], best_rows, ' class="sweep-best"')
+            + _configs_table(sweep.get("best", {}), ' class="sweep-best"')
         )
     return "".join(out)
 

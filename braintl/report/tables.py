@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 
+from braintl.report.estimands import fold_mean_estimand
+
 # Column → the score it reads (sensitivity is recall; the seed reports it as recall).
 TABLE_METRICS = {
     "accuracy": "accuracy",
@@ -21,7 +23,8 @@ TABLE_METRICS = {
 def table_rows(models: list[dict]) -> list[dict]:
     """Per model and column: validation and test mean ± sd over folds, the test estimate with
     its group-bootstrap interval, the image bootstrap's interval, the figure on one image per
-    group with its interval, and the seed's figure (None where the seed has none)."""
+    group with its interval, and the seed's figure (None where the seed has none or where
+    ``braintl.caveats`` keeps it out), with the label that says how it compares."""
     rows = []
     for model in models:
         seed = (model["seed"] or {}).get("figures", {})
@@ -45,13 +48,17 @@ def table_rows(models: list[dict]) -> list[dict]:
                 "one_per_group_high": one["high"],
                 "seed": seed.get(column),
             }
+        folds = len(model["folds"]["test"]["auc"]["values"])
         rows.append(
             {
                 "model": model["model"],
                 "best": model["best"],
                 "weights": model["weights"],
-                "folds": len(model["folds"]["test"]["auc"]["values"]),
+                "folds": folds,
+                "estimand": fold_mean_estimand(folds),
                 "seed_name": (model["seed"] or {}).get("name"),
+                "seed_shown": model["seed_comparison"]["shown"],
+                "seed_label": model["seed_comparison"]["label"],
                 "cells": cells,
             }
         )
@@ -79,20 +86,26 @@ def to_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
-        ["model", "best", "weights", "folds", "seed_model"]
+        ["model", "best", "weights", "folds", "estimand", "seed_model", "seed_comparison"]
         + [f"{c}_{f}" for c in TABLE_METRICS for f in fields]
     )
     for row in rows:
         values = [row["cells"][c][f] for c in TABLE_METRICS for f in fields]
         writer.writerow(
-            [row["model"], row["best"], row["weights"], row["folds"], row["seed_name"], *values]
+            [
+                *(row[k] for k in ("model", "best", "weights", "folds", "estimand", "seed_name")),
+                row["seed_label"],
+                *values,
+            ]
         )
     return buffer.getvalue()
 
 
-def to_markdown(rows: list[dict], protocol: str) -> str:
-    """Test estimate [95% CI] per column, then the seed's figure, in percent."""
-    header = ["model", "weights"] + [f"{c} (seed)" for c in TABLE_METRICS]
+def to_markdown(rows: list[dict], protocol: str, warnings: list[str]) -> str:
+    """The run's warnings first; then test estimate [95% CI] per column, then the seed's figure,
+    in percent."""
+    header = ["model", "weights", "seed's figure"] + [f"{c} (seed)" for c in TABLE_METRICS]
+    opening = "".join(f"**Warning: {w}**\n\n" for w in warnings)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         name = f"**{row['model']}** (best)" if row["best"] else row["model"]
@@ -100,10 +113,13 @@ def to_markdown(rows: list[dict], protocol: str) -> str:
             f"{interval(row['cells'][c])} ({percent(row['cells'][c]['seed'])})"
             for c in TABLE_METRICS
         ]
-        lines.append(f"| {name} | {row['weights']} | " + " | ".join(cells) + " |")
+        lead = f"| {name} | {row['weights']} | {row['seed_label']} | "
+        lines.append(lead + " | ".join(cells) + " |")
+    estimand = rows[0]["estimand"] if rows else "mean of the fold models"
     note = (
-        f"\nOurs: held-out test set, protocol `{protocol}`, mean of the fold models with a 95% "
+        f"\nOurs: held-out test set, protocol `{protocol}`, {estimand}, with a 95% "
         "group-bootstrap interval (source groups resampled: copies of a scan are one case), in "
-        "%. Seed (in parentheses): its Table 1, protocol `paper` (leaky), one figure.\n"
+        "%. Seed (in parentheses, where shown): its Table 1, protocol `paper` (leaky), one model "
+        "on one random split.\n"
     )
-    return "\n".join(lines) + "\n" + note
+    return opening + "\n".join(lines) + "\n" + note

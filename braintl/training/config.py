@@ -18,6 +18,9 @@ RESUMABLE_CHANGES = frozenset(
     {"epochs", "device", "num_threads", "compile", "feature_cache", "feature_memory_budget_mb"}
 )
 
+# Strategies with a frozen start worth warming a new head on before blocks open.
+WARMUP_STRATEGIES = ("finetune", "progressive")
+
 
 class TrainConfig(BaseModel):
     """How one model is trained. Optimisation defaults are the seed's (Adam, lr 1e-3, 18 epochs,
@@ -43,6 +46,12 @@ class TrainConfig(BaseModel):
         None, ge=1, description="stop after this many epochs without a better validation AUC"
     )
     progressive_epochs_per_stage: int = Field(3, ge=1)
+    warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="first epochs train the head alone (backbone frozen), then the strategy "
+        "opens its blocks with a fresh optimizer; counted in epochs",
+    )
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's")
@@ -79,6 +88,16 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"strategy {self.strategy!r} does not apply to {self.backbone}: "
                 f"choose one of {', '.join(allowed)}"
+            )
+        if self.warmup_epochs and self.strategy not in WARMUP_STRATEGIES:
+            raise ValueError(
+                f"warmup_epochs applies to strategies that open backbone blocks "
+                f"({', '.join(WARMUP_STRATEGIES)}), not {self.strategy!r}"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs {self.warmup_epochs} leaves no epoch of {self.epochs} to the "
+                f"{self.strategy} stage: raise epochs or lower warmup_epochs"
             )
         if self.weights == "imagenet" and get_entry(self.backbone).spec.pretrained is None:
             raise ValueError(

@@ -152,8 +152,12 @@ class _Run:
         self.configure()
 
     def configure(self) -> None:
-        """Trainable parameters and a fresh Adam for the current stage (as Keras recompiles)."""
-        self.plan = resolve_strategy(self.model, self.config.strategy, stage=self.state.stage)
+        """Trainable parameters and a fresh Adam for the current stage (as Keras recompiles).
+        During ``warmup_epochs`` the backbone stays frozen, so a new head learns on fixed
+        features before blocks open: the seed's two-stage fine-tuning."""
+        warming = self.state.epoch < self.config.warmup_epochs
+        strategy = "frozen" if warming else self.config.strategy
+        self.plan = resolve_strategy(self.model, strategy, stage=0 if warming else self.state.stage)
         apply_strategy(self.model, self.plan)
         self.frozen = frozen_state_keys(self.model, self.plan)
         best = self.state.best_state
@@ -219,6 +223,7 @@ class _Run:
         record = {
             "epoch": state.epoch,
             "stage": state.stage,
+            "strategy": self.plan.name,
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_auc": scores.auc,
@@ -235,13 +240,17 @@ class _Run:
         return record
 
     def decide(self) -> None:
-        """Set ``stopped_by``, or for ``progressive`` move on to the next block when it helped."""
+        """Set ``stopped_by``; end a warm-up; for ``progressive`` open the next block when it
+        helped."""
         state, config = self.state, self.config
         patience = config.early_stopping_patience
         if state.epoch >= config.epochs:
             state.stopped_by = EPOCHS
         elif patience is not None and state.epoch - state.best_epoch >= patience:
             state.stopped_by = EARLY_STOPPING
+        elif state.epoch == config.warmup_epochs:  # the head is warm: open the strategy's blocks
+            state.stage_start = state.epoch
+            self.configure()
         elif (
             config.strategy == "progressive"
             and state.epoch - state.stage_start >= config.progressive_epochs_per_stage
@@ -442,8 +451,10 @@ def _read_checkpoint(location: Location, config: TrainConfig, data_key: str) -> 
     if payload["data_key"] != data_key:
         raise UserError(f"{location.url}: written for other training data or folds; {fix}")
     saved, current = payload["config"], config.model_dump()
+    # A field added since the checkpoint was written had its default then.
+    defaults = {k: field.default for k, field in TrainConfig.model_fields.items()}
     changed = sorted(
-        k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
+        k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k]
     )
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
