@@ -10,14 +10,14 @@ from braintl.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from braintl.commands import data, predict, report, train  # torch, scikit-learn, ...
+    from braintl.commands import data, model, predict, report, train  # torch, scikit-learn, ...
 
     parser = argparse.ArgumentParser(
         prog="braintl",
         description="Transfer-learning experiments on brain MRI: data, training, runs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, train, run, predict, report):
+    for module in (data, train, run, predict, model, report):
         module.register(sub)
     return parser
 
