@@ -211,10 +211,9 @@ def resolve_model_url(spec: str, runs_url: str) -> str:
         return _latest_model(location.url)
     raise UserError(
         f"--model {spec!r}: neither a published model ({PACKAGE_FILE}), a run with a model/ "
-        "folder, nor an output folder with latest.json. Pass 'champion' or 'latest' (with "
-        "--runs OUT), a "
-        "run URL (OUT/runs/<run_id>) or a model URL (OUT/runs/<run_id>/model); 'champion' is "
-        "the default."
+        "folder, nor an output folder with latest.json. Pass 'champion' (the default) or "
+        "'latest' (with --runs OUT), a run URL (OUT/runs/<run_id>) or a model URL "
+        "(OUT/runs/<run_id>/model)."
     )
 
 

@@ -160,3 +160,14 @@ def test_history_and_rollbacks_walk_back_the_chain(out_url):
     ]
     assert [r["sequence"] for r in history] == [1, 2, 3, 4, 5]
     assert [r["previous"] for r in history] == [None, "a", "b", "a", None]
+
+
+def test_the_rule_is_a_run_parameter_outside_the_run_key():
+    """Changing a margin changes decisions, not results: no retraining for it."""
+    from flows.retrain import RetrainParams
+
+    strict = RetrainParams(champion={"auc_margin": 0.0, "sensitivity_margin": 0.0})
+    assert strict.champion == ChampionRule(auc_margin=0.0, sensitivity_margin=0.0)
+    assert strict.run_key("f") == RetrainParams().run_key("f")
+    with pytest.raises(ValueError, match="auc_margin"):
+        RetrainParams(champion={"auc_margin": -0.1})
