@@ -30,7 +30,9 @@ from braintl.publish import MODEL_DIR, PublishedModel, load_model
 from braintl.storage import resolve
 
 CHALLENGE_FILE = "challenge.json"
-NOTED_IN = ("run.json", "report/report.json")  # run documents that carry the decision too
+# Run documents that carry the decision too (the report is rendered before the challenge; a
+# later `braintl report` takes it from challenge.json).
+NOTED_IN = ("run.json", "report/report.json")
 
 
 @dataclass(frozen=True)
@@ -64,23 +66,28 @@ def challenge(run_url: str, out_url: str, rule: ChampionRule) -> dict:
     if run.join(CHALLENGE_FILE).exists():
         return run.join(CHALLENGE_FILE).read_json()
     candidate = load_model(run.join(MODEL_DIR).url)
-    current = read_champion(out_url)
-    if current is None:
-        decision = first_model()
-    else:
-        decision = _against(candidate, load_model(current["model"]), rule)
     info = candidate.info
-    if decision["promote"]:
-        entry = {"model": candidate.url} | {
-            k: info[k] for k in ("run_id", "run_url", "fingerprint")
-        }
-        write_champion(
-            out_url, new_record(entry, "rule", decision["reason"], decision["evidence"], current)
-        )
+    current = read_champion(out_url)
+    if current is not None and current["run_id"] == info["run_id"]:
+        # A try that promoted this run stopped before recording it: record that promotion.
+        decision = {"promote": True, "reason": current["reason"], "evidence": current["evidence"]}
+        before = current["previous"]
+    else:
+        before = current["run_id"] if current else None
+        if current is None:
+            decision = first_model()
+        else:
+            decision = _against(candidate, load_model(current["model"]), rule)
+        if decision["promote"]:
+            entry = {"model": candidate.url} | {
+                k: info[k] for k in ("run_id", "run_url", "fingerprint")
+            }
+            record = new_record(entry, "rule", decision["reason"], decision["evidence"], current)
+            write_champion(out_url, record)
     decision |= {
         "candidate": info["run_id"],
-        "champion_before": current["run_id"] if current else None,
-        "champion": info["run_id"] if decision["promote"] else current["run_id"],
+        "champion_before": before,
+        "champion": info["run_id"] if decision["promote"] else before,
         "time": datetime.now(UTC).isoformat(),
     }
     run.join(CHALLENGE_FILE).write_json(decision)

@@ -147,7 +147,8 @@ def read_history(out_url: str) -> list[dict]:
 def write_champion(out_url: str, record: dict) -> str:
     """The one write that moves the champion: append ``record`` to the history, then point
     ``champion.json`` at it (readers trust champion.json, so it goes last). On S3 an append is
-    a read and a rewrite; the run lease keeps two writers apart."""
+    a read and a rewrite, so two writers at once could lose a line: this is the one place to
+    make conditional (compare ``sequence``) once leases write that way."""
     out = resolve(out_url)
     line = json.dumps(json_safe(record), sort_keys=True) + "\n"
     history = out.join(HISTORY)

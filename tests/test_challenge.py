@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary
 from prefect.testing.utilities import prefect_test_harness
 from small_run import small_run
 
+from braintl.challenge import challenge
 from braintl.champion import ChampionRule, read_champion, read_history
 from braintl.cli import main
 from braintl.publish import publish_model
@@ -191,3 +192,25 @@ def test_rollback_and_forced_promotion_are_recorded(contest, tmp_path, capsys):
     assert "champion already" in capsys.readouterr().err
     assert main(["model", "promote", "no-such-run", "--out", out]) == 2
     assert "not a completed run" in capsys.readouterr().err
+
+
+def test_a_retried_challenge_records_its_promotion_once_and_the_report_keeps_it(
+    contest, tmp_path, capsys
+):
+    """A try that promoted the run and stopped before recording it (challenge.json gone): the
+    retry records that promotion without a second history entry; a re-rendered report keeps
+    the decision."""
+    out = str(tmp_path / "out")
+    shutil.copytree(contest.out, out)
+    good = resolve(out).join("runs", "run-good")
+    recorded = good.join("challenge.json").read_json()
+    good.fs.rm(good.join("challenge.json").path)
+    again = challenge(good.url, out, ChampionRule())
+    assert again["promote"] and again["champion_before"] == "run-weak"
+    assert again["evidence"] == recorded["evidence"]
+    assert [r["run_id"] for r in read_history(out)] == ["run-weak", "run-good"]
+    assert challenge(good.url, out, ChampionRule()) == again  # recorded now: asked again, read
+
+    assert main(["report", good.url, "--json"]) == 0
+    capsys.readouterr()
+    assert good.join("report", "report.json").read_json()["champion"] == again
