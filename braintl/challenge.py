@@ -25,6 +25,7 @@ from braintl.champion import (
     write_champion,
 )
 from braintl.data.tensors import TensorSet
+from braintl.metrics import json_safe
 from braintl.predict import predict
 from braintl.publish import MODEL_DIR, PublishedModel, load_model
 from braintl.storage import resolve
@@ -84,12 +85,15 @@ def challenge(run_url: str, out_url: str, rule: ChampionRule) -> dict:
             }
             record = new_record(entry, "rule", decision["reason"], decision["evidence"], current)
             write_champion(out_url, record)
-    decision |= {
-        "candidate": info["run_id"],
-        "champion_before": before,
-        "champion": info["run_id"] if decision["promote"] else before,
-        "time": datetime.now(UTC).isoformat(),
-    }
+    decision = json_safe(  # undefined scores (NaN) become null
+        decision
+        | {
+            "candidate": info["run_id"],
+            "champion_before": before,
+            "champion": info["run_id"] if decision["promote"] else before,
+            "time": datetime.now(UTC).isoformat(),
+        }
+    )
     run.join(CHALLENGE_FILE).write_json(decision)
     for name in NOTED_IN:
         document = run.join(name)
@@ -152,7 +156,7 @@ def _champion_developed_on(champion: PublishedModel, urls: list[str]) -> int | N
 
 def to_markdown(decision: dict) -> str:
     """The decision for a Prefect artifact and a reader: the verdict, then the evidence."""
-    lines = [f"# Champion: {decision['reason']}", ""]
+    lines = [f"# {decision['reason']}", ""]
     lines.append(
         f"Candidate run `{decision['candidate']}`; champion before `{decision['champion_before']}`,"
         f" now `{decision['champion']}`."
@@ -167,13 +171,13 @@ def to_markdown(decision: dict) -> str:
         ("threshold", ev["threshold"]),
     ):
         if values:
-            lines.append(f"| {name} | {values['candidate']:.4f} | {values['champion']:.4f} |")
+            lines.append(f"| {name} | {_num(values['candidate'])} | {_num(values['champion'])} |")
     if "auc_diff" in ev:
         lines += [
             "",
             f"AUC difference {ev['auc_diff']:+.4f} (se {ev['auc_se']:.4f}), one-sided "
             f"{ev['rule']['confidence']:.0%} lower bound {ev['auc_lower']:+.4f}; margin "
-            f"-{ev['rule']['auc_margin']:g}. Sensitivity drop {ev['sensitivity_drop']:+.4f}; "
+            f"-{ev['rule']['auc_margin']:g}. Sensitivity drop {_num(ev['sensitivity_drop'])}; "
             f"margin {ev['rule']['sensitivity_margin']:g}.",
         ]
     images, data = ev.get("test_images", {}), ev.get("data", {})
@@ -195,3 +199,7 @@ def to_markdown(decision: dict) -> str:
         )
     lines += ["", f"Method: {ev['method']}."]
     return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
