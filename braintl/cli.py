@@ -11,7 +11,7 @@ from braintl.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from braintl.commands import data, predict, report, train  # torch, scikit-learn, ...
+    from braintl.commands import data, model, predict, report, train  # torch, scikit-learn, ...
 
     parser = argparse.ArgumentParser(
         prog="braintl",
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"braintl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, train, run, predict, report):
+    for module in (data, train, run, predict, model, report):
         module.register(sub)
     return parser
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from safetensors.torch import save as safetensors_bytes
 
+from braintl.champion import champion_model
 from braintl.data.decode import DecodeLimits
 from braintl.data.listing import DEFAULT_LABEL_MAP, POSITIVE_LABEL
 from braintl.data.preprocess import PreprocessConfig
@@ -192,10 +193,13 @@ def load_model(model_url: str) -> PublishedModel:
 def resolve_model_url(spec: str, runs_url: str) -> str:
     """A model spec → the URL of a published model.
 
+    ``champion``: the model that ``runs_url/champion.json`` names (see :mod:`braintl.champion`);
     ``latest``: the model that ``runs_url/latest.json`` names; a run URL (``.../runs/<id>``):
     its ``model/``; an output root holding ``latest.json``: its latest model; anything else
     must be a package folder itself.
     """
+    if spec == "champion":
+        return champion_model(runs_url)
     if spec == "latest":
         return _latest_model(runs_url)
     location = resolve(spec)
@@ -207,8 +211,9 @@ def resolve_model_url(spec: str, runs_url: str) -> str:
         return _latest_model(location.url)
     raise UserError(
         f"--model {spec!r}: neither a published model ({PACKAGE_FILE}), a run with a model/ "
-        "folder, nor an output folder with latest.json. Pass 'latest' (with --runs OUT), a "
-        "run URL (OUT/runs/<run_id>) or a model URL (OUT/runs/<run_id>/model)."
+        "folder, nor an output folder with latest.json. Pass 'champion' (the default) or "
+        "'latest' (with --runs OUT), a run URL (OUT/runs/<run_id>) or a model URL "
+        "(OUT/runs/<run_id>/model)."
     )
 
 

@@ -15,15 +15,15 @@ from tasks.model import resolve_model, score_images
 @flow(name="predict", log_prints=True)
 def predict(
     data_url: str,
-    model: str = "latest",
+    model: str = "champion",
     out_url: str = "braintl-runs",
     csv_url: str | None = None,
 ) -> dict:
     """Score every image under ``data_url``.
 
-    ``model``: ``latest`` (the model ``out_url/latest.json`` names, ``out_url`` being the
-    retrain flow's output), a run URL or a model URL. ``csv_url``: default
-    ``<data_url>.predictions.csv``, beside the folder.
+    ``model``: ``champion`` (the model ``out_url/champion.json`` names, ``out_url`` being the
+    retrain flow's output), ``latest`` (the last completed run's), a run URL or a model URL.
+    ``csv_url``: default ``<data_url>.predictions.csv``, beside the folder.
     """
     model_url = resolve_model(model, out_url)
     summary = score_images(model_url, data_url, csv_url or predictions_url(data_url))

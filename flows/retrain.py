@@ -1,7 +1,8 @@
 """The nightly retrain flow: data → tensors → Ray Tune sweep → cross-validation → results.
 
 Prefect decides what runs and in what order; Ray decides where the training runs. Tasks pass
-URLs and small records only. ``latest.json`` moves last, and only when every fold finished.
+URLs and small records only. A completed run's model challenges the champion (it moves only
+when the model is not worse); ``latest.json`` moves last, and only when every fold finished.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from braintl import replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
+from braintl.champion import ChampionRule
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
 from braintl.limits import gpu_request_problem, local_gpus
@@ -41,6 +43,7 @@ from braintl.runinfo import environment
 from braintl.storage import resolve
 from braintl.tuning import SweepConfig
 from braintl.urls import credentials_problem, inside_problem
+from tasks.champion import challenge_champion
 from tasks.data import data_source, prepare_data, snapshot
 from tasks.model import publish_model, warm_start
 from tasks.report import render_report
@@ -88,7 +91,15 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 # Fields that change where or whether a run happens, not what it computes.
-NOT_IN_RUN_KEY = {"data_url", "out_url", "ray_address", "force", "cpus_per_fold", "gpus_per_fold"}
+NOT_IN_RUN_KEY = {
+    "data_url",
+    "out_url",
+    "ray_address",
+    "force",
+    "cpus_per_fold",
+    "gpus_per_fold",
+    "champion",
+}
 
 
 class RetrainParams(BaseModel):
@@ -131,6 +142,9 @@ class RetrainParams(BaseModel):
     gpus_per_fold: float = Field(0.0, ge=0, description="fractions share a GPU")
     ray_address: str | None = Field(None, description="None: local Ray; else e.g. ray://head:10001")
     force: bool = Field(False, description="run even when data and configuration are unchanged")
+    champion: ChampionRule = Field(
+        default_factory=ChampionRule, description="when this run's model replaces the champion"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -418,5 +432,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         "finished": datetime.now(UTC).isoformat(),
     }
     complete_run(run.url, record)
+    decision = challenge_champion(run.url, params.out_url, params.champion)
+    record["champion"] = {k: decision[k] for k in ("promote", "reason", "champion")}
     publish_latest(params.out_url, record)
     return record

@@ -31,7 +31,7 @@ def warm_start(weights: str, out_url: str) -> dict | None:
 
 @task(name="resolve-model", **STORAGE_RETRIES)
 def resolve_model(spec: str, out_url: str) -> str:
-    """``latest``, a run URL or a model URL → the published model's URL."""
+    """``champion``, ``latest``, a run URL or a model URL → the published model's URL."""
     return publish.resolve_model_url(spec, out_url)
 
 

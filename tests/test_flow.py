@@ -54,8 +54,9 @@ def _artifact_keys(state) -> set[str]:
 
 @pytest.mark.slow
 def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path, monkeypatch):
-    """A failing fold leaves latest.json alone; the rerun reuses the cached stages and
-    publishes; an unchanged rerun ends "Nothing changed"; force runs again."""
+    """A failing fold leaves latest.json alone; the rerun reuses the cached stages, publishes
+    and becomes the champion; an unchanged rerun ends "Nothing changed"; force runs again and
+    challenges the champion."""
     data = tmp_path / "data"
     write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=32, seed=0)
     params = RetrainParams(
@@ -93,6 +94,8 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
     assert runs["cv-scratch_cnn-full-fold-1"] == {"Completed"}
     assert {"retrain-results", "retrain-summary", "retrain-folds"} <= _artifact_keys(done)
     assert latest.read_json()["run_id"] == record["run_id"]
+    champion = resolve(s3_bucket).join("champion.json")
+    assert champion.read_json()["run_id"] == record["run_id"]  # the first model
     run = resolve(record["run_url"])
     assert run.join("config.json").exists()
     assert run.join("results.json").read_json()["models"]
@@ -106,6 +109,13 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
     assert forced.name == "Completed"
     assert forced.result()["run_id"] != record["run_id"]
     assert latest.read_json()["run_id"] == forced.result()["run_id"]
+    # The forced rerun challenged the champion on the S3 store: its decision names who holds it.
+    decision = forced.result()["champion"]
+    assert champion.read_json()["run_id"] == decision["champion"]
+    assert decision["champion"] == (
+        forced.result()["run_id"] if decision["promote"] else record["run_id"]
+    )
+    assert "champion" in _artifact_keys(forced)
     forced_runs = _task_runs(forced)
     assert all(forced_runs[name] == {"Completed"} for name in CV_NAMES | {"sweep-random-init"})
 

@@ -1,5 +1,6 @@
 """`braintl predict`: the run's own evaluation reproduced from the image files, unreadable files
-reported, ``--model latest`` through latest.json, Grad-CAM overlays."""
+reported, the champion by default and ``--model latest`` through their pointers, Grad-CAM
+overlays."""
 
 from __future__ import annotations
 
@@ -88,9 +89,14 @@ def test_unreadable_images_are_listed_with_their_reason_and_the_rest_scored(
         assert 0.0 <= float(row["probability"]) <= 1.0 and row["label"] in ("tumor", "no_tumor")
 
 
-def test_model_latest_resolves_through_latest_json(retrained, tmp_path, capsys):
+def test_model_champion_and_latest_resolve_through_their_pointers(retrained, tmp_path, capsys):
+    """The champion by default (here the run's model: the first model is promoted), latest on
+    request; without a champion, predict names both ways out."""
     image = str(sorted((retrained.data / "no").iterdir())[0])
     out = _predict_json(capsys, image, "--runs", str(retrained.out))
+    champion = resolve(retrained.out).join("champion.json").read_json()
+    assert out["model"] == champion["model"] == retrained.record["model"]
+    out = _predict_json(capsys, image, "--runs", str(retrained.out), "--model", "latest")
     latest = resolve(retrained.out).join("latest.json").read_json()
     assert out["model"] == latest["model"] == retrained.record["model"]
 
@@ -99,8 +105,12 @@ def test_model_latest_resolves_through_latest_json(retrained, tmp_path, capsys):
         {k: v for k, v in latest.items() if k != "model"}
     )
     assert main(["predict", image, "--runs", str(older)]) == 2
+    err = capsys.readouterr().err
+    assert "no champion yet" in err and "--model latest" in err and "model promote RUN" in err
+    assert main(["predict", image, "--runs", str(older), "--model", "latest"]) == 2
     assert "published no model" in capsys.readouterr().err
-    assert main(["predict", image, "--runs", str(tmp_path / "nothing")]) == 2
+    nothing = str(tmp_path / "nothing")
+    assert main(["predict", image, "--runs", nothing, "--model", "latest"]) == 2
     assert "no completed run yet" in capsys.readouterr().err
 
 

@@ -1,5 +1,5 @@
-"""The predict flow scores a folder in a real S3-compatible server (moto) with the latest model
-published there, and writes the CSV beside the folder."""
+"""The predict flow scores a folder in a real S3-compatible server (moto) with the champion
+named there, and writes the CSV beside the folder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 from small_run import small_run
 from tolerances import probability_tolerance
 
+from braintl.champion import new_record, write_champion
 from braintl.data.tensors import TensorSet
 from braintl.predict import predict as predict_images
 from braintl.publish import load_model
@@ -26,12 +27,12 @@ def retrained(tmp_path_factory):
     return small_run(tmp_path_factory)
 
 
-def test_predict_flow_scores_a_bucket_folder_with_the_latest_model(retrained, s3_bucket, tmp_path):
+def test_predict_flow_scores_a_bucket_folder_with_the_champion(retrained, s3_bucket, tmp_path):
     bucket = resolve(s3_bucket)
     model = bucket.join("braintl", "runs", retrained.record["run_id"], "model")
     model.fs.put(retrained.record["model"] + "/", model.path, recursive=True)
-    latest = {**retrained.record, "model": model.url}
-    bucket.join("braintl", "latest.json").write_json(latest)
+    record = {**retrained.record, "model": model.url}
+    write_champion(bucket.join("braintl").url, new_record(record, "forced", "test", None, None))
     scans = (
         sorted((retrained.data / "yes").iterdir())[:2]
         + sorted((retrained.data / "no").iterdir())[:2]

@@ -24,15 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="URL", help="a folder (local or s3://) of images to score")
     p.add_argument(
         "--model",
-        default="latest",
+        default="champion",
         metavar="SPEC",
-        help="latest (through RUNS/latest.json), a run URL or a model URL (default: latest)",
+        help="champion (through RUNS/champion.json), latest (the last completed run's), a run "
+        "URL or a model URL (default: champion)",
     )
     p.add_argument(
         "--runs",
         default=default_out(),
         metavar="URL",
-        help="output of braintl run, for latest; " + OUT_HELP,
+        help="output of braintl run, for champion and latest; " + OUT_HELP,
     )
     p.add_argument("--out", metavar="URL", help="write the rows as CSV here (local or s3://)")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image here")

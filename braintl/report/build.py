@@ -120,6 +120,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
             },
             "data": _data(run),
             "run": _run(run),
+            "champion": run.challenge,
             "seed": {
                 "source": SEED_SOURCE,
                 "protocol": SEED_PROTOCOL_NOTE,

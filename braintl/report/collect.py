@@ -1,5 +1,5 @@
-"""Load what a run wrote (config, sweep, results, run info, per-image test predictions) and find
-its sibling runs under the other protocol, for the report."""
+"""Load what a run wrote (config, sweep, results, run info, champion decision, per-image test
+predictions) and find its sibling runs under the other protocol, for the report."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class Run:
     results: dict
     info: dict
     completed: dict | None
+    challenge: dict | None  # the champion decision, made after the report is first rendered
 
     @property
     def run_id(self) -> str:
@@ -80,6 +81,7 @@ def load_run(run_url: str) -> Run:
         results=_read(loc, "results.json"),
         info=_read(loc, "run.json"),
         completed=_read(loc, COMPLETE_MARKER, required=False),
+        challenge=_read(loc, "challenge.json", required=False),
     )
 
 

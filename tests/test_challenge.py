@@ -1,0 +1,216 @@
+"""Champion and challenger on real runs: the flow promotes its first model; a worse candidate
+keeps the champion (and ``braintl predict`` keeps using it), a better one replaces it, rollback
+and forced promotion are recorded. Candidates are real packages (publish_model) of the small
+run's fold model, one of them degraded by negating its output layer (probability 1 − p), each
+challenged through the flow's task under a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from prefect import flow, get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+from small_run import small_run
+
+from braintl.challenge import challenge
+from braintl.champion import ChampionRule, read_champion, read_history
+from braintl.cli import main
+from braintl.publish import publish_model
+from braintl.results import best_model, complete_run, publish_latest
+from braintl.storage import resolve
+from tasks.champion import challenge_champion
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    return small_run(tmp_path_factory)
+
+
+def test_the_flow_promotes_its_first_model_and_records_it_in_the_run(retrained):
+    record = retrained.record
+    champion = read_champion(str(retrained.out))
+    assert (champion["run_id"], champion["model"]) == (record["run_id"], record["model"])
+    assert champion["promoted_by"] == "rule" and champion["sequence"] == 1
+    assert record["champion"]["promote"] and "first model" in record["champion"]["reason"]
+    run = resolve(record["run_url"])
+    decision = run.join("challenge.json").read_json()
+    assert decision["champion"] == record["run_id"] and decision["champion_before"] is None
+    for name in ("run.json", "report/report.json"):
+        assert run.join(name).read_json()["champion"] == decision
+    assert resolve(retrained.out).join("latest.json").read_json()["champion"] == record["champion"]
+
+
+def _negate_output(state: dict) -> None:
+    """Negate the head's last layer: every logit changes sign, every probability p becomes
+    1 − p, so the ranking (and the AUC) turns upside down."""
+    last = [k for k in state if k.startswith("head.") and k.endswith(".weight")][-1]
+    for key in (last, last.removesuffix("weight") + "bias"):
+        state[key] = -state[key]
+
+
+def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
+    """A completed run ``run_id`` under ``out``: ``source``'s run with its best fold model
+    (degraded or not) packaged by publish_model, then completed and named by latest.json."""
+    run = out / "runs" / run_id
+    shutil.copytree(
+        source["run_url"],
+        run,
+        ignore=shutil.ignore_patterns("model", "challenge.json", "_COMPLETE.json"),
+    )
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "run_id": run_id}))
+    results = json.loads((run / "results.json").read_text())
+    best = best_model(results)
+    state = torch.load(best["fold"]["model_url"], weights_only=True)
+    if degraded:
+        _negate_output(state)
+    torch.save(state, run / "fold-model.pt")
+    for fold in results["models"][0]["runs"]:
+        if fold["fold"] == best["fold"]["fold"]:
+            fold["model_url"] = str(run / "fold-model.pt")
+    (run / "results.json").write_text(json.dumps(results))
+    model = publish_model(str(run))["model"]
+    record = {**source, "run_id": run_id, "run_url": str(run), "model": model}
+    complete_run(str(run), record)
+    publish_latest(str(out), record)
+    return record
+
+
+@flow
+def challenge_flow(run_url: str, out_url: str) -> dict:
+    return challenge_champion(run_url, out_url, ChampionRule())
+
+
+def _artifact(state) -> tuple[str, str]:
+    flow_run_id = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run_id))
+    (artifact,) = [a for a in artifacts if a.key == "champion"]
+    return artifact.description, artifact.data
+
+
+@dataclass(frozen=True)
+class Contest:
+    out: Path
+    runs: dict[str, dict]  # name → completed run record
+    decisions: dict[str, dict]
+    artifacts: dict[str, tuple[str, str]]  # name → (description, markdown)
+
+
+@pytest.fixture(scope="module")
+def contest(retrained, tmp_path_factory) -> Contest:
+    """Under a fresh output: the degraded model comes first (promoted: no champion yet), the
+    intact one challenges it, then a degraded one challenges the intact champion."""
+    root = tmp_path_factory.mktemp("contest")
+    out = root / "out"
+    home = root / "prefect"
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
+    runs, decisions, artifacts = {}, {}, {}
+    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+        for name, degraded in (("weak", True), ("good", False), ("worse", True)):
+            runs[name] = _candidate(retrained.record, out, f"run-{name}", degraded)
+            state = challenge_flow(runs[name]["run_url"], str(out), return_state=True)
+            assert state.is_completed(), state.message
+            decisions[name] = state.result()
+            artifacts[name] = _artifact(state)
+    return Contest(out, runs, decisions, artifacts)
+
+
+def test_a_better_candidate_replaces_the_champion(contest):
+    assert contest.decisions["weak"]["promote"]  # first under this output
+    good = contest.decisions["good"]
+    ev = good["evidence"]
+    assert good["promote"] and good["champion_before"] == "run-weak"
+    assert ev["auc"]["candidate"] > ev["auc"]["champion"]
+    assert ev["auc"]["candidate"] == pytest.approx(1 - ev["auc"]["champion"])  # p vs 1 − p
+    assert ev["auc_lower"] > -ChampionRule().auc_margin
+    assert ev["test_images"] == {"scored": 8, "unreadable": 0, "without_file": 0}
+    assert ev["data"]["changed"] is False and ev["data"]["champion_developed_on"] == 0
+    assert contest.artifacts["good"][0] == "promoted"
+
+
+def test_a_worse_candidate_keeps_the_champion_and_predict_uses_it(contest, retrained, capsys):
+    worse = contest.decisions["worse"]
+    ev = worse["evidence"]
+    assert not worse["promote"] and worse["reason"].startswith("kept champion: AUC")
+    assert ev["auc"]["candidate"] < ev["auc"]["champion"] and ev["auc_lower"] < -0.02
+    assert (ev["n_images"], ev["n_groups"], ev["n_tumor"]) == (8, 8, 4)
+    description, markdown = contest.artifacts["worse"]
+    assert description == "kept champion"
+    for text in (worse["reason"], f"{ev['auc']['candidate']:.4f}", "8 test images (4 tumor)"):
+        assert text in markdown
+    champion = read_champion(str(contest.out))
+    assert champion["run_id"] == "run-good"
+
+    image = str(sorted((retrained.data / "yes").iterdir())[0])
+    assert main(["predict", image, "--runs", str(contest.out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == contest.runs["good"]["model"]
+    assert main(["predict", image, "--runs", str(contest.out), "--model", "latest", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == contest.runs["worse"]["model"]
+
+
+def test_rollback_and_forced_promotion_are_recorded(contest, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    shutil.copytree(contest.out, out)  # the contest's output stays as the other tests saw it
+
+    assert main(["model", "rollback", "--out", out, "--reason", "good misbehaves"]) == 0
+    assert "rolled back: champion run-weak" in capsys.readouterr().out
+    back = read_champion(out)
+    assert (back["run_id"], back["promoted_by"], back["reason"]) == (
+        "run-weak",
+        "rollback",
+        "good misbehaves",
+    )
+    assert main(["model", "promote", "run-worse", "--out", out, "--reason", "audit"]) == 0
+    assert "promoted: champion run-worse (forced" in capsys.readouterr().out
+    forced = read_champion(out)
+    assert (forced["run_id"], forced["promoted_by"], forced["reason"]) == (
+        "run-worse",
+        "forced",
+        "audit",
+    )
+    assert forced["evidence"] == contest.decisions["worse"]["evidence"]  # the rule's verdict kept
+    assert main(["model", "status", "--out", out, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["champion"] == forced
+    assert [(r["run_id"], r["promoted_by"]) for r in read_history(out)] == [
+        ("run-weak", "rule"),
+        ("run-good", "rule"),
+        ("run-weak", "rollback"),
+        ("run-worse", "forced"),
+    ]
+    assert main(["model", "promote", "run-worse", "--out", out]) == 2
+    assert "champion already" in capsys.readouterr().err
+    assert main(["model", "promote", "no-such-run", "--out", out]) == 2
+    assert "not a completed run" in capsys.readouterr().err
+
+
+def test_a_retried_challenge_records_its_promotion_once_and_the_report_keeps_it(
+    contest, tmp_path, capsys
+):
+    """A try that promoted the run and stopped before recording it (challenge.json gone): the
+    retry records that promotion without a second history entry; a re-rendered report keeps
+    the decision."""
+    out = str(tmp_path / "out")
+    shutil.copytree(contest.out, out)
+    good = resolve(out).join("runs", "run-good")
+    recorded = good.join("challenge.json").read_json()
+    good.fs.rm(good.join("challenge.json").path)
+    again = challenge(good.url, out, ChampionRule())
+    assert again["promote"] and again["champion_before"] == "run-weak"
+    assert again["evidence"] == recorded["evidence"]
+    assert [r["run_id"] for r in read_history(out)] == ["run-weak", "run-good"]
+    assert challenge(good.url, out, ChampionRule()) == again  # recorded now: asked again, read
+
+    assert main(["report", good.url, "--json"]) == 0
+    capsys.readouterr()
+    assert good.join("report", "report.json").read_json()["champion"] == again
