@@ -33,6 +33,7 @@ from braintl import replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
 from braintl.champion import ChampionRule
 from braintl.data.prepare import DataConfig
+from braintl.data.provenance import GroupBy
 from braintl.errors import UserError
 from braintl.limits import gpu_request_problem, local_gpus
 from braintl.models import STRATEGIES as MODEL_STRATEGIES
@@ -129,6 +130,8 @@ class RetrainParams(BaseModel):
     batch_size: int = Field(16, ge=2)
     folds: int = Field(3, ge=2, le=20)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    group_by: GroupBy = Field(None, description="regex: equal (?P<group>...) of paths = one source")
+    manifest_url: str | None = Field(None, description="CSV path,label,group: labels and groups")
     augment: bool = Field(False, description="offline augmentation of training partitions")
     seed: int = Field(0, ge=0)
     tuning: Literal["sweep", "seed"] = Field(
@@ -170,7 +173,7 @@ class RetrainParams(BaseModel):
             raise _bad(f"{what}; choose from {', '.join(known)}")
         return names
 
-    @field_validator("data_url", "out_url", "weights")
+    @field_validator("data_url", "out_url", "weights", "manifest_url")
     @classmethod
     def _no_credentials(cls, url: str | None, info: ValidationInfo) -> str | None:
         problem = credentials_problem(info.field_name, url)
@@ -234,6 +237,8 @@ class RetrainParams(BaseModel):
             folds=self.folds,
             test_fraction=self.test_fraction,
             seed=self.seed,
+            group_by=self.group_by,
+            manifest_url=self.manifest_url,
             preprocess={"image_size": self.image_size},
             augment={"enabled": self.augment},
         )
@@ -309,7 +314,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         clock = time.perf_counter()
 
     data_url = data_source(params.data_url, params.out_url)
-    inputs = (data_url, params.out_url, params.data_config(), snapshot(data_url))
+    inputs = (
+        data_url,
+        params.out_url,
+        params.data_config(),
+        snapshot(data_url, params.manifest_url),
+    )
     prepared = prepare_data(*inputs)
     if not resolve(prepared["tensors_url"]).is_complete():  # a cached record, its files deleted
         prepared = prepare_data.with_options(refresh_cache=True)(*inputs)

@@ -11,6 +11,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from braintl.commands.data import data_or_phantoms
 from braintl.data.prepare import DataConfig, prepare
+from braintl.data.provenance import manifest_bytes
 from braintl.errors import UserError
 from braintl.storage import StorageError, resolve
 
@@ -36,10 +37,11 @@ def data_source(data_url: str | None, out_url: str) -> str:
 
 
 @task(name="snapshot", **STORAGE_RETRIES)
-def snapshot(data_url: str) -> str:
-    """A cheap signature of the files under ``data_url`` (names, sizes, modification stamps).
+def snapshot(data_url: str, manifest_url: str | None = None) -> str:
+    """A cheap signature of the files under ``data_url`` (names, sizes, modification stamps)
+    and of the manifest's content, wherever it lives.
 
-    It is part of the prepare cache key, so changed data misses the cache.
+    It is part of the prepare cache key, so changed data or a changed manifest misses the cache.
     """
     root = resolve(data_url)
     entries = root.fs.find(root.path, detail=True)
@@ -47,7 +49,8 @@ def snapshot(data_url: str) -> str:
         (name, info.get("size"), str(info.get("mtime") or info.get("LastModified") or ""))
         for name, info in entries.items()
     )
-    return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
+    manifest = hashlib.sha256(manifest_bytes(manifest_url)).hexdigest() if manifest_url else ""
+    return hashlib.sha256(json.dumps([stamps, manifest]).encode()).hexdigest()[:16]
 
 
 @task(
@@ -69,5 +72,6 @@ def prepare_data(data_url: str, out_url: str, config: DataConfig, snapshot: str)
         "fingerprint": prepared.manifest.fingerprint,
         "snapshot": snapshot,
         "pre_augmented": prepared.manifest.summary()["pre_augmented"],
+        "provenance": prepared.manifest.provenance_summary(),
         "meta": meta,
     }

@@ -17,7 +17,7 @@ from braintl.data.manifest import scan
 from braintl.data.phantoms import write_phantom_dataset
 from braintl.data.prepare import DataConfig, build_tensors, part_sizes, prepare, scan_data
 from braintl.data.signature import COPY_DISTANCE
-from braintl.data.splits import PROTOCOLS, leakage
+from braintl.data.splits import PROTOCOLS, leakage, members
 from braintl.errors import UserError
 from braintl.storage import resolve
 
@@ -86,6 +86,18 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
         help="signature distance for flipped/rotated/shifted/zoomed copies (default: "
         "%(default)s); -1 turns them off",
     )
+    p.add_argument(
+        "--group-by",
+        metavar="REGEX",
+        help="files whose paths (under DATA_URL) match with equal (?P<group>...) are one source, "
+        r"joined with the pixel groups, e.g. 'aug_(?P<group>.+?)_\d+_\d+\.'",
+    )
+    p.add_argument(
+        "--manifest",
+        metavar="CSV",
+        help="CSV with columns path,label,group (or patient): labels instead of folders, and "
+        "source groups joined with the pixel groups",
+    )
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
@@ -111,6 +123,8 @@ def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
         "max_pixels": args.max_pixels,
         "near_distance": args.near_distance,
         "copy_distance": args.copy_distance,
+        "group_by": args.group_by,
+        "manifest_url": args.manifest,
         "max_images": args.max_images,
         "memory_budget_gb": args.memory_budget_gb,
     }
@@ -150,6 +164,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         DecodeLimits(config.min_side, config.max_pixels),
         config.near_distance,
         config.copy_distance,
+        provenance=config.provenance(),
     )
     summary = manifest.summary()
     if args.json:
@@ -167,6 +182,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         f"(within {summary['near_distance']} bits); {summary['transformed_copy_pairs']} joins "
         f"of transformed copies (signature within {summary['copy_distance']})"
     )
+    if summary["provenance"]:
+        _print_provenance(summary["provenance"])
     for note in manifest.notes():
         print(f"\nWARNING: {note}")
     if summary["duplicate_groups"]:
@@ -200,6 +217,32 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_provenance(provenance: dict) -> None:
+    sizes = provenance["files_per_group"]
+    print(
+        f"provenance: {provenance['groups']} groups, files per group min {sizes['min']} / "
+        f"median {sizes['median']:g} / max {sizes['max']}; {provenance['ungrouped']} file(s) "
+        "without a provenance group"
+    )
+    if provenance["manifest_url"]:
+        print(
+            f"manifest {provenance['manifest_url']}: {len(provenance['missing_files'])} row(s) "
+            f"without a listed file (skipped), {len(provenance['not_in_manifest'])} file(s) "
+            f"not in it (quarantined), {len(provenance['label_disagreements'])} label(s) "
+            "disagreeing with the folder (the manifest's used)"
+        )
+        _print_problems(
+            "manifest rows without a listed file",
+            [(m["path"], m["line"]) for m in provenance["missing_files"]],
+            ["path", "line"],
+        )
+        _print_problems(
+            "labels the manifest changes",
+            [(d["file"], d["folder"], d["manifest"]) for d in provenance["label_disagreements"]],
+            ["file", "folder", "manifest"],
+        )
+
+
 def _print_problems(title: str, rows: list[tuple], headers: list[str]) -> None:
     if rows:
         print(f"\n{title}:")
@@ -223,6 +266,8 @@ def run_split(args: argparse.Namespace) -> int:
         "parts": part_sizes(tensors),
         "leakage": leakage(tensors.split, tensors.groups),
         "fingerprint": manifest.fingerprint,
+        "provenance": manifest.provenance_summary(),
+        "members": members(tensors.split, len(tensors), tensors.meta["files"]),
         "seconds": round(time.perf_counter() - start, 3),
     }
     if args.json:

@@ -34,6 +34,8 @@ FIELD_FLAGS = (
     ("--seed", "seed", int),
     ("--test-fraction", "test_fraction", float),
     ("--weights", "weights", str),
+    ("--group-by", "group_by", str),
+    ("--manifest", "manifest_url", str),
     ("--num-samples", "sweep.num_samples", int),
     ("--cpus-per-trial", "sweep.cpus_per_trial", float),
     ("--gpus-per-trial", "sweep.gpus_per_trial", float),

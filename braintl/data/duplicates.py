@@ -121,6 +121,7 @@ class Groups:
     near_pairs: tuple[tuple[int, int, int], ...]  # (i, j, bits): hash pairs, joined
     copy_pairs: tuple[tuple[int, int, float], ...] = ()  # (i, j, signature distance), joined
     contradicted_pairs: tuple[tuple[int, int, int, float], ...] = ()  # (i, j, bits, sig): apart
+    provenance_pairs: tuple[tuple[int, int], ...] = ()  # (i, j): one provenance group, joined
 
 
 def find_groups(
@@ -129,12 +130,15 @@ def find_groups(
     max_distance: int,
     signatures: np.ndarray | None = None,
     copy_distance: float = sig.COPY_DISTANCE,
+    provenance: list[str] | None = None,
 ) -> Groups:
     """Union exact, near and transformed copies into groups with content-ordered ids.
 
     ``signatures`` (N × :data:`~braintl.data.signature.SIZE`) add the transformed copies and
     the check of hash pairs; without them only the hashes count. ``copy_distance`` < 0: no
-    transformed copies, the check stays.
+    transformed copies, the check stays. ``provenance`` names each image's source ("" for
+    none, see ``provenance``): images of one name are joined last, so the pixel pairs found
+    are the same with and without it.
     """
     n = len(pixel_hashes)
     parent = list(range(n))
@@ -150,14 +154,19 @@ def find_groups(
         if a != b:
             parent[max(a, b)] = min(a, b)
 
-    first_seen: dict[str, int] = {}
-    exact: list[tuple[int, int]] = []
-    for i, h in enumerate(pixel_hashes):
-        if h in first_seen:
-            exact.append((first_seen[h], i))
-            union(first_seen[h], i)
-        else:
-            first_seen[h] = i
+    def join_equal(keys: list[str]) -> list[tuple[int, int]]:
+        """(first image with the key, image) for every later image of a non-empty key."""
+        first_seen: dict[str, int] = {}
+        pairs: list[tuple[int, int]] = []
+        for i, key in enumerate(keys):
+            if key in first_seen:
+                pairs.append((first_seen[key], i))
+                union(first_seen[key], i)
+            elif key:
+                first_seen[key] = i
+        return pairs
+
+    exact = join_equal(pixel_hashes)
     near: list[tuple[int, int, int]] = []
     contradicted: list[tuple[int, int, int, float]] = []
     if max_distance >= 0 and n > 1:
@@ -179,6 +188,7 @@ def find_groups(
             if find(i) != find(j):
                 copies.append((i, j, round(d, 3)))
                 union(i, j)
+    named = join_equal(provenance or [])
     roots = [find(i) for i in range(n)]
     # Name each group by its smallest member hash so ids survive renames and reordering.
     key: dict[int, str] = {}
@@ -186,7 +196,9 @@ def find_groups(
         key[r] = min(key.get(r, pixel_hashes[i]), pixel_hashes[i])
     order = {r: g for g, r in enumerate(sorted(key, key=key.__getitem__))}
     group = np.array([order[r] for r in roots], dtype=np.int64)
-    return Groups(group, tuple(exact), tuple(near), tuple(copies), tuple(contradicted))
+    return Groups(
+        group, tuple(exact), tuple(near), tuple(copies), tuple(contradicted), tuple(named)
+    )
 
 
 def copy_stats(group: np.ndarray) -> dict:

@@ -27,6 +27,7 @@ from braintl.data.duplicates import (
     pixel_hash,
 )
 from braintl.data.listing import ImageRef, Listing
+from braintl.data.provenance import NOT_IN_MANIFEST, Provenance
 from braintl.data.signature import CONTRADICTS, COPY_DISTANCE, SIZE, signature
 from braintl.storage import resolve
 
@@ -50,6 +51,7 @@ class Record:
     pixel_hash: str = ""
     phash: str = ""
     group: int = -1
+    provenance: str = ""  # the file's provenance group (``provenance``); "" when none
 
 
 @dataclass
@@ -65,6 +67,9 @@ class Manifest:
     copy_distance: float = COPY_DISTANCE
     copy_pairs: list[tuple[int, int, float]] = field(default_factory=list)
     contradicted_pairs: list[tuple[int, int, int, float]] = field(default_factory=list)
+    provenance_pairs: list[tuple[int, int]] = field(default_factory=list)
+    # group_by, manifest_url, missing rows, label disagreements (see ``scan``)
+    provenance: dict = field(default_factory=dict)
 
     def usable(self) -> np.ndarray:
         """Indices of records that may be trained on or evaluated."""
@@ -79,11 +84,17 @@ class Manifest:
         exact_in = {self.records[i].group for i, _ in self.exact_pairs}
         near_in = {self.records[i].group for i, _, _ in self.near_pairs}
         copy_in = {self.records[i].group for i, _, _ in self.copy_pairs}
+        named_in = {self.records[i].group for i, _ in self.provenance_pairs}
         out = []
         for g, idx in sorted(members.items()):
             if len(idx) < 2:
                 continue
-            joined_by = (("exact", exact_in), ("near", near_in), ("transformed", copy_in))
+            joined_by = (
+                ("exact", exact_in),
+                ("near", near_in),
+                ("transformed", copy_in),
+                ("provenance", named_in),
+            )
             kinds = [k for k, s in joined_by if g in s]
             labels = sorted({self.records[i].label for i in idx})
             out.append(
@@ -125,6 +136,7 @@ class Manifest:
             "copy_distance": self.copy_distance,
             "contradicted_near_pairs": contradicted,
             "near_distance_warning": near_distance_warning(self.near_distance, contradicted),
+            "provenance": self.provenance_summary(),
             "pre_augmented": copies["pre_augmented"],
             "copy_stats": copies,
             "duplicate_groups": [g for g in groups if not g["conflict"]],
@@ -133,10 +145,38 @@ class Manifest:
             "seconds": round(self.seconds, 3),
         }
 
+    def provenance_summary(self) -> dict | None:
+        """Provenance groups among the decoded files, and the manifest's problems; None
+        without ``--group-by`` or ``--manifest``."""
+        if not self.provenance:
+            return None
+        decoded = [r for r in self.records if r.group >= 0]
+        per_group = Counter(r.provenance for r in decoded if r.provenance)
+        sizes = sorted(per_group.values()) or [0]
+        summary = {
+            **{k: self.provenance[k] for k in ("group_by", "manifest_url")},
+            "groups": len(per_group),
+            "files_per_group": {
+                "min": sizes[0],
+                "median": float(np.median(sizes)),
+                "max": sizes[-1],
+            },
+            "ungrouped": sum(not r.provenance for r in decoded),
+        }
+        if self.provenance["manifest_url"]:
+            summary |= {
+                "missing_files": self.provenance["missing"],
+                "not_in_manifest": [r.relpath for r in self.records if r.reason == NOT_IN_MANIFEST],
+                "label_disagreements": self.provenance["label_disagreements"],
+            }
+        return summary
+
     def notes(self) -> list[str]:
-        """What a log should say about this data: pre-augmented, a too loose near distance."""
+        """What a log should say about this data: pre-augmented, a too loose near distance,
+        files the provenance leaves out or overrules."""
         summary = self.summary()
-        return [n for n in (pre_augmented_note(summary), summary["near_distance_warning"]) if n]
+        notes = [pre_augmented_note(summary), summary["near_distance_warning"]]
+        return [n for n in notes + provenance_notes(summary["provenance"]) if n]
 
     def to_json(self) -> dict:
         return {
@@ -150,6 +190,8 @@ class Manifest:
             "copy_distance": self.copy_distance,
             "copy_pairs": [list(p) for p in self.copy_pairs],
             "contradicted_pairs": [list(p) for p in self.contradicted_pairs],
+            "provenance_pairs": [list(p) for p in self.provenance_pairs],
+            "provenance": self.provenance,
             "records": [asdict(r) for r in self.records],
         }
 
@@ -181,9 +223,47 @@ def pre_augmented_note(summary: dict) -> str | None:
     )
 
 
+def provenance_notes(provenance: dict | None) -> list[str]:
+    """One line per kind of file that provenance leaves out, overrules or cannot place."""
+    if provenance is None:
+        return []
+
+    def some(items: list, show=str) -> str:
+        return ", ".join(show(i) for i in items[:3]) + (", ..." if len(items) > 3 else "")
+
+    notes = []
+    if provenance["ungrouped"]:
+        notes.append(
+            f"{provenance['ungrouped']} file(s) have no provenance group (--group-by did not "
+            "match, or an empty group cell): each keeps its pixel group"
+        )
+    missing = provenance.get("missing_files", [])
+    if missing:
+        notes.append(
+            f"--manifest: {len(missing)} row(s) name files that are not listed images, skipped: "
+            + some(missing, lambda m: f"{m['path']} (line {m['line']})")
+        )
+    unlisted = provenance.get("not_in_manifest", [])
+    if unlisted:
+        notes.append(f"{len(unlisted)} file(s) not in --manifest, quarantined: {some(unlisted)}")
+    disagree = provenance.get("label_disagreements", [])
+    if disagree:
+        notes.append(
+            f"--manifest relabels {len(disagree)} file(s) against their folder (the manifest's "
+            "label is used): "
+            + some(disagree, lambda d: f"{d['file']} {d['folder']} -> {d['manifest']}")
+        )
+    return notes
+
+
 def fingerprint(records: list[Record]) -> str:
-    """Hash of (pixel content, label) of the usable images: blind to names, order, location."""
-    lines = sorted(f"{r.pixel_hash}:{r.label}" for r in records if r.status == OK)
+    """Hash of (pixel content, label, provenance group when given) of the usable images:
+    blind to names, order, location."""
+    lines = sorted(
+        f"{r.pixel_hash}:{r.label}" + (f":{r.provenance}" if r.provenance else "")
+        for r in records
+        if r.status == OK
+    )
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
@@ -194,12 +274,15 @@ def scan(
     copy_distance: float = COPY_DISTANCE,
     on_image: Callable[[int, Decoded], None] | None = None,
     workers: int | None = None,
+    provenance: Provenance | None = None,
 ) -> Manifest:
-    """Decode, check and hash every listed file, then group duplicates.
+    """Decode, check and hash every listed file, then group duplicates and provenance.
 
     Unusable files are quarantined with a reason and never stop the scan; storage that
     cannot be reached stops it (:class:`~braintl.storage.StorageError`).
     """
+    provenance = provenance or Provenance()
+    missing = provenance.missing({ref.relpath for ref in listing.images})
     if near_distance < -1:
         raise ValueError(f"near_distance={near_distance}: use -1 (off) or a number of bits >= 0")
     limits = limits or DecodeLimits()
@@ -208,7 +291,11 @@ def scan(
 
     def one(item: tuple[int, ImageRef]) -> tuple[Record, np.ndarray | None]:
         index, ref = item
-        record = Record(relpath=ref.relpath, label=ref.label, bytes=ref.size)
+        origin = provenance.origin(ref)
+        record = Record(ref.relpath, origin.label, ref.size, provenance=origin.group)
+        if not origin.in_manifest:
+            detail = f"no row for this file in {provenance.manifest_url}"
+            return _quarantine(record, Quarantine(NOT_IN_MANIFEST, detail)), None
         try:
             data = resolve(ref.url).read_bytes()
         except PermissionError as exc:
@@ -238,6 +325,7 @@ def scan(
         near_distance,
         np.array([scanned[i][1] for i in ok], dtype=np.float32).reshape(len(ok), SIZE),
         copy_distance,
+        [records[i].provenance for i in ok],
     )
     for local, i in enumerate(ok):
         records[i].group = int(groups.group[local])
@@ -252,7 +340,19 @@ def scan(
         copy_distance=copy_distance,
         copy_pairs=[(ok[a], ok[b], d) for a, b, d in groups.copy_pairs],
         contradicted_pairs=[(ok[a], ok[b], d, s) for a, b, d, s in groups.contradicted_pairs],
+        provenance_pairs=[(ok[a], ok[b]) for a, b in groups.provenance_pairs],
     )
+    if provenance.group_by or provenance.manifest_url:
+        manifest.provenance = {
+            "group_by": provenance.group_by,
+            "manifest_url": provenance.manifest_url,
+            "missing": missing,
+            "label_disagreements": [
+                {"file": ref.relpath, "folder": ref.label, "manifest": r.label}
+                for ref, r in zip(listing.images, records, strict=True)
+                if r.label != ref.label
+            ],
+        }
     manifest.fingerprint = fingerprint(records)
     manifest.seconds = time.perf_counter() - start
     return manifest

@@ -25,6 +25,7 @@ from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
 from braintl.data.listing import DEFAULT_LABEL_MAP, label_index, list_images
 from braintl.data.manifest import Manifest, scan
 from braintl.data.preprocess import PreprocessConfig, preprocess
+from braintl.data.provenance import GroupBy, Provenance, read_provenance
 from braintl.data.signature import COPY_DISTANCE
 from braintl.data.splits import PROTOCOLS, leakage, make_split
 from braintl.data.tensors import Split, TensorSet
@@ -54,6 +55,12 @@ class DataConfig(BaseModel):
     copy_distance: float = Field(
         COPY_DISTANCE, ge=-1, description="signature distance of transformed copies; -1 = off"
     )
+    group_by: GroupBy = Field(
+        None, description="regex over paths under DATA_URL; equal (?P<group>...) = one source"
+    )
+    manifest_url: str | None = Field(
+        None, description="CSV path,label,group (or patient): labels and source groups"
+    )
     max_images: int = Field(100_000, ge=2, description="more listed files fail before decoding")
     memory_budget_gb: float | None = Field(
         None, gt=0, description="tensors allowed while preparing; None: half this machine's RAM"
@@ -69,6 +76,9 @@ class DataConfig(BaseModel):
         settings = self.model_dump(exclude={"label_map", *GUARDS})
         blob = json.dumps({"v": CACHE_VERSION, "data": fingerprint, **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def provenance(self) -> Provenance:
+        return read_provenance(self.group_by, self.manifest_url, self.label_map)
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,14 @@ def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np
         pixels[index] = preprocess(decoded.rgb, config.preprocess)
 
     limits = DecodeLimits(config.min_side, config.max_pixels)
-    manifest = scan(listing, limits, config.near_distance, config.copy_distance, on_image=keep)
+    manifest = scan(
+        listing,
+        limits,
+        config.near_distance,
+        config.copy_distance,
+        on_image=keep,
+        provenance=config.provenance(),
+    )
     for note in manifest.notes():
         log.warning(note)
     if len({manifest.records[i].label for i in manifest.usable()}) < 2:

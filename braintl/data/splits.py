@@ -105,13 +105,28 @@ def make_split(
     return Split(protocol=protocol, test=test, folds=tuple(dev), leaky=protocol == "paper")
 
 
-def leakage(split: Split, groups: np.ndarray) -> int:
-    """Number of source groups present in more than one part: the test part, each fold,
-    and (with one fold) the training-only remainder."""
-    seen: dict[int, set[int]] = defaultdict(set)
-    dev = np.setdiff1d(np.arange(len(groups)), split.test)
+def parts(split: Split, n: int) -> dict[str, np.ndarray]:
+    """Every part by name: ``test``, ``fold0``..., and (with one fold) the training-only
+    ``train`` remainder; ``n`` images in all."""
+    dev = np.setdiff1d(np.arange(n), split.test)
+    named = {"test": split.test} | {f"fold{k}": fold for k, fold in enumerate(split.folds)}
     remainder = np.setdiff1d(dev, np.concatenate(split.folds))
-    for part, idx in enumerate((split.test, *split.folds, remainder)):
+    return named | ({"train": remainder} if len(remainder) else {})
+
+
+def members(split: Split, n: int, files: list[str]) -> dict[str, list[str]]:
+    """Each part's original files (the first ``len(files)`` of ``n`` images; augmented copies
+    follow them and are left out), so anyone can recompute leakage."""
+    return {
+        name: [files[i] for i in idx.tolist() if i < len(files)]
+        for name, idx in parts(split, n).items()
+    }
+
+
+def leakage(split: Split, groups: np.ndarray) -> int:
+    """Number of source groups present in more than one part (:func:`parts`)."""
+    seen: dict[int, set[str]] = defaultdict(set)
+    for part, idx in parts(split, len(groups)).items():
         for g in np.unique(groups[idx]).tolist():
             seen[g].add(part)
-    return sum(1 for parts in seen.values() if len(parts) > 1)
+    return sum(1 for where in seen.values() if len(where) > 1)
