@@ -68,12 +68,9 @@ def tensors_url(tmp_path_factory) -> str:
 def prefect_server(tmp_path_factory):
     """A temporary Prefect server and database per test module, its results (the task cache)
     under a temporary home; a generous start-up time, as Ray and training keep the CPUs busy."""
-    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+    from temporary_prefect import temporary_prefect
 
-    home = tmp_path_factory.mktemp("prefect")
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
-    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+    with temporary_prefect(tmp_path_factory.mktemp("prefect")):
         yield
 
 

@@ -12,8 +12,7 @@ import pytest
 import ray
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
+from temporary_prefect import temporary_prefect
 
 from braintl.data.phantoms import write_phantom_dataset
 
@@ -49,14 +48,12 @@ def report_runs(tmp_path_factory: pytest.TempPathFactory) -> ReportRuns:
 def _run_both(root: Path) -> ReportRuns:
     data = root / "data"
     write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=48, seed=0)
-    home = root / "prefect"
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
     from flows.retrain import RetrainParams, retrain
 
     records, links = {}, {}
     ray.shutdown()
     try:
-        with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+        with temporary_prefect(root / "prefect"):
             for protocol in ("groups", "paper"):
                 params = RetrainParams(
                     profile="quick",

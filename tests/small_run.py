@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import ray
-from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
+from temporary_prefect import run_retrain
 
 from braintl.data.phantoms import write_phantom_dataset
 
@@ -32,9 +30,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
     root = tmp_path_factory.mktemp("small-run")
     data = root / "data"
     write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=48, seed=0)
-    home = root / "prefect"
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import RetrainParams
 
     params = RetrainParams(
         profile="quick",
@@ -47,12 +43,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
         test_fraction=0.25,
         sweep={"num_samples": 1},
     )
-    ray.shutdown()
-    try:
-        with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
-            state = retrain(params, return_state=True)
-    finally:
-        ray.shutdown()
+    state = run_retrain(params, root / "prefect")
     assert state.is_completed(), state.message
     _done.append(SmallRun(data, root / "out", state.result()))
     return _done[0]

@@ -15,9 +15,8 @@ import pytest
 import torch
 from prefect import flow, get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 from small_run import small_run
+from temporary_prefect import temporary_prefect
 
 from braintl.challenge import challenge
 from braintl.champion import ChampionRule, read_champion, read_history
@@ -112,10 +111,8 @@ def contest(retrained, tmp_path_factory) -> Contest:
     intact one challenges it, then a degraded one challenges the intact champion."""
     root = tmp_path_factory.mktemp("contest")
     out = root / "out"
-    home = root / "prefect"
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
     runs, decisions, artifacts = {}, {}, {}
-    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+    with temporary_prefect(root / "prefect"):
         for name, degraded in (("weak", True), ("good", False), ("worse", True)):
             runs[name] = _candidate(retrained.record, out, f"run-{name}", degraded)
             state = challenge_flow(runs[name]["run_url"], str(out), return_state=True)

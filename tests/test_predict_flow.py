@@ -7,9 +7,8 @@ import csv
 import io
 
 import pytest
-from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 from small_run import small_run
+from temporary_prefect import temporary_prefect
 from tolerances import probability_tolerance
 
 from braintl.champion import new_record, write_champion
@@ -41,9 +40,7 @@ def test_predict_flow_scores_a_bucket_folder_with_the_champion(retrained, s3_buc
         bucket.join("incoming", "batch-1", path.name).write_bytes(path.read_bytes())
     bucket.join("incoming", "batch-1", "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
 
-    home = tmp_path / "prefect"
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
-    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
+    with temporary_prefect(tmp_path / "prefect"):
         state = predict(
             data_url=bucket.join("incoming", "batch-1").url,
             out_url=bucket.join("braintl").url,

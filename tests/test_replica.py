@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from temporary_prefect import run_retrain
 
 from braintl.caveats import RANDOM_INIT_WARNING
 from braintl.cli import build_parser
@@ -77,12 +78,8 @@ def test_cli_paper_run_is_a_replica_unless_asked_to_sweep():
 def test_a_seed_run_trains_the_fixed_configurations_without_a_sweep(tmp_path, caplog):
     """The real flow with ``tuning="seed"``: no sweep, every fold trains the seed's settings,
     and the log warns, before training, that random-weight backbones are stand-ins."""
-    import ray
-    from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
 
     from braintl.data.phantoms import write_phantom_dataset
-    from flows.retrain import retrain
 
     data = write_phantom_dataset(str(tmp_path / "data"), {"yes": 12, "no": 12}, size=48)
     params = RetrainParams(
@@ -96,14 +93,7 @@ def test_a_seed_run_trains_the_fixed_configurations_without_a_sweep(tmp_path, ca
         folds=2,
         test_fraction=0.25,
     )
-    home = tmp_path / "prefect"
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage"}
-    ray.shutdown()
-    try:
-        with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
-            state = retrain(params, return_state=True)
-    finally:
-        ray.shutdown()
+    state = run_retrain(params, tmp_path / "prefect")
     assert state.is_completed(), state.message
     run = Path(state.result()["run_url"])
     assert json.loads((run / "sweep.json").read_text()) == {}
