@@ -116,7 +116,9 @@ def train_fold_on_ray(
             if time.monotonic() >= deadline:
                 what = f"fold {fold} of {checked.backbone}/{checked.strategy} ({out_url})"
                 raise timeouts.expired("cross-validation", timeout_s, what)
-        return ray.get(ref)
     except BaseException:
-        ray.cancel(ref, force=True)  # a no-op for a task that already ended
+        # Only a task still running: cancelling one that had just failed aborted the driver
+        # (Ray 2.60, "Tried to complete task that was not pending").
+        ray.cancel(ref, force=True)
         raise
+    return ray.get(ref)
