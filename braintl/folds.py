@@ -9,14 +9,20 @@ imported only to run a fold on Ray, so :func:`train_fold` works where Ray is not
 from __future__ import annotations
 
 import io
+import math
 import time
 
 import torch
 
+from braintl import timeouts
 from braintl.data.tensors import TensorSet
 from braintl.metrics import json_safe
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
+
+# Ray reruns a fold whose worker died this many times (each resuming from its checkpoint).
+WORKER_RETRIES = 2
+WAIT_S = 1.0
 
 
 def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
@@ -53,7 +59,9 @@ def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
     model_loc, metrics_loc = out.join("model.pt"), out.join("metrics.json")
     model_loc.write_bytes(buffer.getvalue())
     metrics_loc.write_json(metrics)
-    out.fs.rm(out.join("checkpoint.pt").path)  # its job is done; it would double the storage
+    # Removed (it would double the storage) only now, with both stored: an attempt that failed
+    # writing them left it for its retry, which returns the trained result without training.
+    out.fs.rm(out.join("checkpoint.pt").path)
     return json_safe(
         {
             "backbone": train_config.backbone,
@@ -81,14 +89,36 @@ def train_fold_on_ray(
     num_cpus: float = 1,
     num_gpus: float = 0,
     ray_address: str | None = None,
+    timeout_s: float | None = None,
 ) -> dict:
     """:func:`train_fold` as a Ray task holding ``num_cpus``/``num_gpus`` (fractions allowed),
-    so Ray places it on a worker with those resources free; blocks until it finished."""
+    so Ray places it on a worker with those resources free; blocks until it finished.
+
+    A lost worker (killed, preempted, out of memory) is Ray's to retry, up to
+    ``WORKER_RETRIES`` times on another worker, resuming from the fold's checkpoint; errors
+    the fold raises come back to the caller, whose retries decide. Past ``timeout_s`` (from
+    submission: queueing counts) or when the wait is interrupted, the task is cancelled
+    (force: its worker is killed), so a hung fold does not keep a GPU.
+    """
     import ray
 
     from braintl.tuning import ensure_ray, threads_for
 
+    checked = TrainConfig(**config)  # a bad configuration fails here, once, not in a worker
     ensure_ray(ray_address)
     config = {**config, "num_threads": threads_for(num_cpus)}  # this task's CPUs, not the sweep's
-    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(train_fold)
-    return ray.get(remote.remote(tensors_url, config, fold, out_url))
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=WORKER_RETRIES)
+    ref = remote(train_fold).remote(tensors_url, config, fold, out_url)
+    deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        # Short waits, not one blocking get: an interruption (a flow timeout) lands here.
+        while not ray.wait([ref], timeout=min(WAIT_S, max(0.0, deadline - time.monotonic())))[0]:
+            if time.monotonic() >= deadline:
+                what = f"fold {fold} of {checked.backbone}/{checked.strategy} ({out_url})"
+                raise timeouts.expired("cross-validation", timeout_s, what)
+    except BaseException:
+        # Only a task still running: cancelling one that had just failed aborted the driver
+        # (Ray 2.60, "Tried to complete task that was not pending").
+        ray.cancel(ref, force=True)
+        raise
+    return ray.get(ref)

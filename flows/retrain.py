@@ -41,7 +41,8 @@ from braintl.models import list_models
 from braintl.models.registry import get_entry
 from braintl.results import METRICS, to_markdown
 from braintl.runinfo import environment
-from braintl.storage import resolve
+from braintl.storage import COMPLETE_MARKER, resolve
+from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts
 from braintl.tuning import SweepConfig
 from braintl.urls import credentials_problem, inside_problem
 from tasks.champion import challenge_champion
@@ -50,6 +51,7 @@ from tasks.model import publish_model, warm_start
 from tasks.report import render_report
 from tasks.results import (
     aggregate,
+    all_exist,
     complete_run,
     publish_latest,
     read_latest,
@@ -100,6 +102,7 @@ NOT_IN_RUN_KEY = {
     "cpus_per_fold",
     "gpus_per_fold",
     "champion",
+    "timeouts",
 }
 
 
@@ -147,6 +150,9 @@ class RetrainParams(BaseModel):
     force: bool = Field(False, description="run even when data and configuration are unchanged")
     champion: ChampionRule = Field(
         default_factory=ChampionRule, description="when this run's model replaces the champion"
+    )
+    timeouts: Timeouts = Field(
+        default_factory=Timeouts, description="per stage; derived from the run's size by default"
     )
 
     @model_validator(mode="before")
@@ -272,7 +278,13 @@ def new_run_id() -> str:
 
 
 def _fold_files_exist(record: dict) -> bool:
-    return all(resolve(record[key]).exists() for key in ("metrics_url", "model_url"))
+    return all_exist([record[key] for key in ("metrics_url", "model_url")])
+
+
+def _training_timeout(params: RetrainParams, stage: str, images: int, runs: int) -> float:
+    """Folds are assumed to run as many at once as the sweep's trials."""
+    at_once = params.sweep.max_concurrent_trials
+    return params.timeouts.training(stage, images, params.image_size, params.epochs, runs, at_once)
 
 
 def _table_rows(summary: dict) -> list[dict]:
@@ -301,6 +313,7 @@ def _release_lease(flow, flow_run, state) -> None:
     on_failure=[_release_lease],
     on_crashed=[_release_lease],
     on_cancellation=[_release_lease],
+    timeout_seconds=RUN_TIMEOUT_S,
 )
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
     """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
@@ -314,15 +327,13 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         clock = time.perf_counter()
 
     data_url = data_source(params.data_url, params.out_url)
-    inputs = (
-        data_url,
-        params.out_url,
-        params.data_config(),
-        snapshot(data_url, params.manifest_url),
-    )
-    prepared = prepare_data(*inputs)
-    if not resolve(prepared["tensors_url"]).is_complete():  # a cached record, its files deleted
-        prepared = prepare_data.with_options(refresh_cache=True)(*inputs)
+    data_config = params.data_config()
+    inputs = (data_url, params.out_url, data_config, snapshot(data_url, params.manifest_url))
+    prepare = prepare_data.with_options(timeout_seconds=params.timeouts.prepare(data_config))
+    prepared = prepare(*inputs)
+    tensors_marker = resolve(prepared["tensors_url"]).join(COMPLETE_MARKER).url
+    if not all_exist([tensors_marker]):  # a cached record, its files deleted
+        prepared = prepare.with_options(refresh_cache=True)(*inputs)
     lap("prepare")
     run_key = params.run_key(prepared["fingerprint"])
     latest = read_latest(params.out_url)
@@ -346,7 +357,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
             "data": prepared,
         },
     )
-    tensors_url = prepared["tensors_url"]
+    tensors_url, images = prepared["tensors_url"], prepared["meta"]["n"]
     best: dict[str, dict] = {}
     sweeps: dict[str, dict] = {}
     warm = warm_start(params.weights, params.out_url)
@@ -361,7 +372,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
             print(f"no sweep (tuning seed): {len(pairs)} models train the seed's own settings")
             continue
         name = {"imagenet": "pretrained", "none": "random-init"}.get(weights, "custom-weights")
-        swept = sweep.with_options(task_run_name=f"sweep-{name}", refresh_cache=params.force)(
+        trials = len(pairs) * params.sweep.num_samples
+        swept = sweep.with_options(
+            task_run_name=f"sweep-{name}",
+            refresh_cache=params.force,
+            timeout_seconds=_training_timeout(params, "sweep", images, trials),
+        )(
             tensors_url,
             pairs,
             params.base_train_config(weights),
@@ -375,6 +391,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         lap(f"sweep-{name}")
     write_run_file(run.url, "sweep.json", sweeps)
 
+    jobs = [(config, fold) for config in best.values() for fold in range(params.folds)]
+    folds_timeout = _training_timeout(params, "cross-validation", images, len(jobs))
+
     def submit(config: dict, fold: int, refresh: bool) -> PrefectFuture:
         name = f"{config['backbone']}-{config['strategy']}"
         run_name = f"cv-{name}-fold-{fold}"
@@ -386,9 +405,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
             params.cpus_per_fold,
             params.gpus_per_fold,
             params.ray_address,
+            folds_timeout,
         )
 
-    jobs = [(config, fold) for config in best.values() for fold in range(params.folds)]
     futures = {submit(*job, params.force): job for job in jobs}
     progress = create_progress_artifact(
         0.0, key="retrain-folds", description=f"cross-validation folds of run {run_id}"
@@ -413,7 +432,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     lap("cross-validation")
 
     summary = aggregate(records)
-    urls = write_results(run.url, summary)
+    publish_timeout = params.timeouts.publish()
+    urls = write_results.with_options(timeout_seconds=publish_timeout)(run.url, summary)
     lap("results")
     write_run_file(
         run.url,
@@ -429,8 +449,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         key="retrain-summary",
         description="results table",
     )
-    report = render_report(run.url)
-    model = publish_model(run.url)
+    report = render_report.with_options(timeout_seconds=publish_timeout)(run.url)
+    model = publish_model.with_options(timeout_seconds=publish_timeout)(run.url)
     record = {
         "run_id": run_id,
         "run_key": run_key,
@@ -446,3 +466,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     record["champion"] = {k: decision[k] for k in ("promote", "reason", "champion")}
     publish_latest(params.out_url, record)
     return record
+
+
+# The nightly deployment's flow: a failed night is retried once, finished stages coming from the
+# cache; its timeout keeps both attempts within a day, so a hung night never blocks the next.
+nightly_retrain = retrain.with_options(
+    retries=1, retry_delay_seconds=600, timeout_seconds=NIGHTLY_TIMEOUT_S
+)

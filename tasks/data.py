@@ -8,6 +8,8 @@ import sys
 
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.task_engine import TaskRunTimeoutError
+from pydantic import ValidationError
 
 from braintl.commands.data import data_or_phantoms
 from braintl.data.prepare import DataConfig, prepare
@@ -17,10 +19,13 @@ from braintl.storage import StorageError, resolve
 
 
 def worth_retrying(task, task_run, state) -> bool:
-    """Retry what another try can fix (storage outages, unexpected errors), not a user's
-    mistake: a wrong folder or an over-budget data set fails the same way, only later."""
+    """Retry what another try can fix (storage outages, lost workers, unexpected errors), not a
+    user's mistake: a wrong folder, an over-budget data set or an invalid setting fails the same
+    way, only later; nor a timeout (braintl's StageTimeout is a UserError): it would wait again."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, StorageError) or not isinstance(error, UserError)
+    if isinstance(error, StorageError):
+        return True
+    return not isinstance(error, UserError | ValidationError | TaskRunTimeoutError)
 
 
 STORAGE_RETRIES = {

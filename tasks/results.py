@@ -30,6 +30,12 @@ def write_run_file(run_url: str, name: str, document: dict) -> str:
     return target.url
 
 
+@task(name="files-exist", **STORAGE_RETRIES)
+def all_exist(urls: list[str]) -> bool:
+    """Whether every file is still there (a cached record may point at deleted files)."""
+    return all(resolve(url).exists() for url in urls)
+
+
 @task(name="aggregate")
 def aggregate(records: list[dict]) -> dict:
     """Mean ± sd over folds per (backbone, strategy)."""

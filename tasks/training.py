@@ -2,7 +2,10 @@
 
 Both are cached by their inputs less where they write, so a rerun after a crash reuses the
 finished sweep and folds (their records keep pointing at the run that trained them);
-the flow refreshes them when forced.
+the flow refreshes them when forced. A fold retries what another try can fix (a storage
+outage, a worker lost more often than Ray retries it), resuming from its checkpoint, with growing
+delays, and so does the sweep (restored from its storage, errored trials resumed); a user's
+mistake or a timeout fails at once. Timeouts are left out of the cache keys.
 """
 
 from __future__ import annotations
@@ -10,14 +13,24 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.tasks import exponential_backoff
 
 from braintl import folds, tuning
+from tasks.data import worth_retrying
+
+# Waits of 10, 20 and 40 s: training holds hours of work, worth riding out a minute-long outage.
+TRAINING_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_condition_fn": worth_retrying,
+}
 
 
 @task(
     name="sweep",
     cache_policy=INPUTS + TASK_SOURCE - "storage_url",
     persist_result=True,
+    **TRAINING_RETRIES,
 )
 def sweep(
     tensors_url: str,
@@ -56,8 +69,9 @@ def sweep(
 
 @task(
     name="cv-fold",
-    cache_policy=INPUTS + TASK_SOURCE - "out_url",
+    cache_policy=INPUTS + TASK_SOURCE - "out_url" - "timeout_s",
     persist_result=True,
+    **TRAINING_RETRIES,
 )
 def train_fold(
     tensors_url: str,
@@ -67,8 +81,16 @@ def train_fold(
     num_cpus: float,
     num_gpus: float,
     ray_address: str | None = None,
+    timeout_s: float | None = None,
 ) -> dict:
     """Train ``config`` with ``fold`` held out, as a Ray task; returns its scores record."""
     return folds.train_fold_on_ray(
-        tensors_url, config, fold, out_url, num_cpus, num_gpus, ray_address=ray_address
+        tensors_url,
+        config,
+        fold,
+        out_url,
+        num_cpus,
+        num_gpus,
+        ray_address=ray_address,
+        timeout_s=timeout_s,
     )

@@ -11,6 +11,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
+from prefect.task_engine import TaskRunTimeoutError
+from pydantic import ValidationError
+from ray.exceptions import WorkerCrashedError
 
 from braintl import folds
 from braintl.cli import build_parser
@@ -18,8 +21,11 @@ from braintl.commands.run import params_from_args
 from braintl.data.phantoms import write_phantom_dataset
 from braintl.errors import UserError
 from braintl.storage import StorageError, resolve
+from braintl.timeouts import expired
+from braintl.training import TrainConfig
 from flows.retrain import RetrainParams, retrain
 from tasks.data import STORAGE_RETRIES
+from tasks.training import TRAINING_RETRIES
 
 CV_NAMES = {f"cv-{m}-fold-{k}" for m in ("scratch_cnn-full", "mobilenet_v2-frozen") for k in (0, 1)}
 
@@ -75,8 +81,8 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
     real = folds.train_fold_on_ray
 
     def flaky(tensors_url, config, fold, *args, **kwargs):
-        if config["backbone"] == "scratch_cnn" and fold == 1:
-            raise RuntimeError("injected fold failure")
+        if config["backbone"] == "scratch_cnn" and fold == 1:  # fails at once: not retried
+            raise UserError("injected fold failure")
         return real(tensors_url, config, fold, *args, **kwargs)
 
     monkeypatch.setattr(folds, "train_fold_on_ray", flaky)
@@ -132,13 +138,31 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
     assert run.join("results.json").read_json()["models"]
 
 
+def _validation_error() -> ValidationError:
+    try:
+        TrainConfig(epochs=0)
+    except ValidationError as error:
+        return error
+    raise AssertionError("epochs=0 was accepted")
+
+
+@pytest.mark.parametrize("policy", [STORAGE_RETRIES, TRAINING_RETRIES], ids=["storage", "training"])
 @pytest.mark.parametrize(
-    ("error", "attempts"), [(StorageError("s3://b: storage unreachable"), 4), (UserError("bad"), 1)]
+    ("error", "attempts"),
+    [
+        (StorageError("s3://b: storage unreachable"), 4),
+        (WorkerCrashedError(), 4),
+        (UserError("bad"), 1),
+        (_validation_error(), 1),
+        (expired("cross-validation", 1, "fold 0"), 1),
+        (TaskRunTimeoutError("Scope timed out after 1 second(s)."), 1),
+    ],
+    ids=["outage", "lost-worker", "user-error", "invalid-setting", "stage-timeout", "task-timeout"],
 )
-def test_storage_tasks_retry_outages_not_user_mistakes(prefect_server, error, attempts):
+def test_tasks_retry_outages_not_user_mistakes_or_timeouts(prefect_server, policy, error, attempts):
     calls = []
 
-    @task(**{**STORAGE_RETRIES, "retry_delay_seconds": 0})
+    @task(**{**policy, "retry_delay_seconds": 0})
     def touch_storage():
         calls.append(1)
         raise error

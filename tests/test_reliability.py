@@ -1,5 +1,6 @@
 """Reliability with real processes and servers on 127.0.0.1: a Ray worker killed mid-trial, the
-flow process killed mid-sweep and rerun, the S3 endpoint going away, two runs at once.
+flow process killed mid-sweep and rerun, the S3 endpoint going away, two runs at once, and
+cross-validation through an outage, a lost fold worker and a hung fold.
 
 Each scenario appends what it measured (recovered or failed, seconds) to
 ``$BRAINTL_TEST_ARTIFACTS/reliability.jsonl`` (default ``<repo>/test-artifacts/``).
@@ -7,6 +8,7 @@ Each scenario appends what it measured (recovered or failed, seconds) to
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 import ray
 import s3fs
+import torch
 from artifacts import artifacts_dir
 from faults import TcpProxy, actor_pids
 from prefect import get_client
@@ -30,6 +33,7 @@ from ray import tune
 from braintl import runlease
 from braintl.results import PARTS
 from braintl.storage import resolve
+from braintl.timeouts import Timeouts
 from braintl.training import pause
 from braintl.tuning import SweepConfig, run_sweep
 from flows.retrain import RetrainParams, retrain
@@ -144,13 +148,15 @@ RESULTS_PUT = b"/results.json HTTP/1.1"
 
 
 def _run_counts(state) -> dict[str, int]:
-    """Task run name (less Prefect's random suffix) → highest number of attempts."""
+    """Task run name (less Prefect's random suffix; sweeps and folds are named) → highest
+    number of attempts."""
     flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=flow_run)
     counts: dict[str, int] = {}
     for run in runs:
-        name = run.name.rsplit("-", 1)[0]
+        named = run.name.startswith(("cv-", "sweep-"))
+        name = run.name if named else run.name.rsplit("-", 1)[0]
         counts[name] = max(counts.get(name, 0), run.run_count)
     return counts
 
@@ -357,3 +363,137 @@ def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
     assert not runlease.is_held(run) and not run.join(runlease.LEASE).exists()
     run.join(runlease.LEASE).write_json({"owner": "crashed", "until": time.time() - 1})
     assert not runlease.is_held(run)
+
+
+# Cross-validation faults: three epochs, so a fold held after epoch 2 still has one to train.
+FOLD_FAULTS = {**TINY, "epochs": 3}
+FOLDS_DIR = "folds/scratch_cnn-full"
+
+
+def _hold_folds(monkeypatch, epoch: int, gate: Path) -> None:
+    """Fold trainings (not the sweep's trials) hold after ``epoch``'s checkpoint until the gate
+    is released; Ray restarts, so that its workers inherit the setting."""
+    ray.shutdown()
+    monkeypatch.setenv(pause.PAUSE_ENV, f"{epoch}:{gate}")
+    monkeypatch.setenv(pause.ONLY_ENV, "/folds/")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+
+
+def _history(loc) -> list[dict]:
+    """The per-epoch records of a fold checkpoint or metrics file on storage."""
+    if loc.path.endswith(".json"):
+        return loc.read_json()["history"]
+    payload = torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
+    return payload["state"]["history"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_cross_validation_survives_an_outage_a_lost_worker_and_a_hung_fold(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
+    """On one S3 bucket, three runs of the same settings:
+
+    1. the endpoint vanishes for 20 s as fold 0 writes its metrics: longer than botocore's own
+       retries, so the fold task retries (its checkpoint kept) and the run completes;
+    2. forced again, both folds hold after epoch 1 and never go on: with a 45 s
+       cross-validation timeout the run fails naming the stage and the setting, the held
+       workers are cancelled (killed), the lease is released and latest.json is unchanged;
+    3. the next run resumes that run; its folds continue from epoch 1, hold after epoch 2 and
+       their Ray workers are SIGKILLed there: Ray reruns them from the epoch-2 checkpoint, the
+       run completes and latest.json moves to it.
+    """
+    bucket = resolve(s3_bucket)
+    latest = bucket.join("latest.json")
+    proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1]))
+    params = RetrainParams(out_url=s3_bucket, **FOLD_FAULTS)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the flow and its Ray workers
+        ray.shutdown()
+        proxy.cut_on(b"/fold-0/metrics.json HTTP/1.1", outage=20)
+        survived = retrain(params, return_state=True)
+        assert survived.is_completed(), survived.message
+        assert proxy.times["restored"] - proxy.times["cut"] >= 20
+        recovered_s = time.perf_counter() - proxy.times["restored"]
+    finally:
+        proxy.close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    first = survived.result()
+    counts = _run_counts(survived)
+    assert counts["cv-scratch_cnn-full-fold-0"] >= 2, counts  # the task retried, not botocore
+    assert latest.read_json()["run_id"] == first["run_id"]
+    fold0 = resolve(first["run_url"]).join(FOLDS_DIR, "fold-0")
+    assert [r["epoch"] for r in _history(fold0.join("metrics.json"))] == [1, 2, 3]
+    assert not fold0.join("checkpoint.pt").exists()  # removed once the results were stored
+    _record(
+        "fold-storage-outage-20s",
+        outcome="recovered",
+        fold_attempts=counts["cv-scratch_cnn-full-fold-0"],
+        recovered_after_restore_s=round(recovered_s, 1),
+    )
+
+    hold = tmp_path / "hold"
+    _hold_folds(monkeypatch, 1, hold)  # never released
+    forced = {"force": True, "timeouts": Timeouts(cross_validation_s=45)}
+    started = time.perf_counter()
+    hung = retrain(params.model_copy(update=forced), return_state=True)
+    timed_out_s = time.perf_counter() - started
+    assert hung.is_failed()
+    assert "cross-validation timed out" in hung.message, hung.message
+    assert "timeouts.cross_validation_s" in hung.message
+    held = _paused(hold, 2)
+    assert held, "the folds never reached the hold: slow, not hung; raise the test's timeout"
+    _wait_for(lambda: not any(map(_alive, held)), 30, "the held fold workers to be killed")
+    assert latest.read_json() == first
+    [hung_run] = {p.rsplit("/", 1)[-1] for p in bucket.fs.ls(bucket.join("runs").path)} - {
+        first["run_id"]
+    }
+    run = bucket.join("runs", hung_run)
+    assert not run.join(runlease.LEASE).exists() and not run.is_complete()
+    _record("hung-fold-timeout-45s", outcome="failed cleanly", failed_after_s=round(timed_out_s, 1))
+
+    gate = tmp_path / "gate"
+    _hold_folds(monkeypatch, 2, gate)
+    checkpoints: dict[int, list[dict]] = {}
+    killed: list[float] = []
+
+    def kill_held_folds() -> None:
+        victims = _wait_for(lambda: _paused(gate, 2), 300, "both folds' epoch 2")
+        for fold in (0, 1):
+            checkpoints[fold] = _history(run.join(FOLDS_DIR, f"fold-{fold}", "checkpoint.pt"))
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed.append(time.perf_counter())
+        (gate / pause.RELEASE).touch()
+
+    killer = threading.Thread(target=kill_held_folds)
+    killer.start()
+    resumed = retrain(params.model_copy(update={"force": True}), return_state=True)
+    finished = time.perf_counter()
+    killer.join(timeout=10)
+    assert resumed.is_completed(), resumed.message
+    record = resumed.result()
+    assert record["run_id"] == hung_run  # the timed-out run, resumed
+    assert latest.read_json()["run_id"] == hung_run
+    counts = _run_counts(resumed)
+    attempts = [counts[f"cv-scratch_cnn-full-fold-{k}"] for k in (0, 1)]
+    assert attempts == [1, 1]  # Ray reran the killed folds; the Prefect tasks never failed
+    for fold in (0, 1):
+        history = _history(run.join(FOLDS_DIR, f"fold-{fold}", "metrics.json"))
+        # Epochs 1 and 2 are the checkpointed ones, to the float (seconds too): not retrained.
+        assert [r["epoch"] for r in checkpoints[fold]] == [1, 2]
+        assert history[:2] == checkpoints[fold] and history[2]["epoch"] == 3
+    _record(
+        "fold-worker-killed",
+        outcome="resumed from checkpoint",
+        killed=2,
+        fold_task_attempts=attempts,
+        recovery_s=round(finished - killed[0], 1),
+    )

@@ -383,7 +383,7 @@ def _train(
             state.stopped_by = state.stopped_by or CALLBACK
         if location is not None:
             _write_checkpoint(location, run.checkpoint(data_key))
-            pause.after_checkpoint(state.epoch)
+            pause.after_checkpoint(state.epoch, location.url)
     run.load(state.best_state, "the best epoch's snapshot")
     run.model.eval()
     return TrainResult(

@@ -5,7 +5,9 @@ timer against tiny epochs does not (a fast CPU finishes first). With
 ``BRAINTL_PAUSE_AFTER_CHECKPOINT=<epoch>:<folder>`` in the environment (Ray workers and
 subprocesses inherit it), a run that has just checkpointed epoch ``<epoch>`` writes
 ``<folder>/paused-<pid>`` and waits until ``<folder>/release`` exists, ten minutes at most, so
-the test kills it there and releases whatever comes after. Unset, it costs one lookup per epoch.
+the test kills it there and releases whatever comes after. With ``BRAINTL_PAUSE_ONLY=<text>``
+too, only runs whose checkpoint URL contains ``<text>`` hold (``/folds/``: cross-validation, not
+the sweep's trials). Unset, it costs one lookup per epoch.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import time
 from pathlib import Path
 
 PAUSE_ENV = "BRAINTL_PAUSE_AFTER_CHECKPOINT"
+ONLY_ENV = "BRAINTL_PAUSE_ONLY"
 RELEASE = "release"
 MAX_WAIT_S = 600.0
 
 
-def after_checkpoint(epoch: int) -> None:
+def after_checkpoint(epoch: int, checkpoint_url: str) -> None:
     """Wait here if the environment asks for a pause after this epoch's checkpoint."""
     spec = os.environ.get(PAUSE_ENV)
     if not spec:
         return
     at, _, folder = spec.partition(":")
-    if epoch != int(at):
+    if epoch != int(at) or os.environ.get(ONLY_ENV, "") not in checkpoint_url:
         return
     folder_path = Path(folder)
     release = folder_path / RELEASE
