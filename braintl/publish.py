@@ -117,6 +117,7 @@ def publish_model(run_url: str) -> dict[str, str]:
                 "leaky": data["meta"].get("leaky"),
                 "leakage": data["meta"].get("leakage"),
                 "folds": data_config["folds"],
+                "cross_validation": results.get("cross_validation"),
                 "test_fraction": data_config["test_fraction"],
                 "seed": data_config["seed"],
             },
@@ -310,6 +311,11 @@ def model_card(info: dict) -> str:
         f"- Protocol `{protocol['name']}`: {_protocol_text(protocol)}",
         f"- {protocol['folds']} cross-validation folds, test fraction {protocol['test_fraction']}, "
         f"seed {protocol['seed']}; source groups in more than one part: {protocol['leakage']}",
+        *(
+            [f"- Folds: {protocol['cross_validation']['note']}"]
+            if protocol.get("cross_validation")
+            else []
+        ),
         "",
         "## Metrics",
         "",

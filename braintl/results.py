@@ -36,6 +36,51 @@ FOLD_FIELDS = (
 )
 
 
+# The fold the sweep validates on. Cross-validation does not score it once a sweep chose the
+# hyper-parameters on its images: those images would rank the model that was fitted to them.
+TUNING_FOLD = 0
+
+
+def cv_plan(folds: int, tuning: str, parts: dict | None = None) -> dict:
+    """Which folds the sweep tunes on and which cross-validation scores (results.json's
+    ``cross_validation``). With a sweep (``tuning="sweep"``) fold 0 chooses the hyper-parameters
+    and only folds 1..k-1 are trained and scored, so no validation image both tunes and ranks;
+    without one (``"seed"``) all k folds are. ``parts`` (the tensor cache's ``meta["parts"]``)
+    gives the tuning split's image counts.
+    """
+    if tuning == "seed":
+        return {
+            "tuning": "seed",
+            "folds": folds,
+            "tuning_fold": None,
+            "tuning_split": None,
+            "scored_folds": list(range(folds)),
+            "note": f"no sweep: hyper-parameters are the seed's own; cross-validation on folds "
+            f"0..{folds - 1}",
+        }
+    if folds < 3:
+        raise ValueError(
+            f"folds={folds}: a sweep tunes on fold {TUNING_FOLD}, which cross-validation then does "
+            "not score, so at least 3 folds are needed (two scored)"
+        )
+    sizes = ((parts or {}).get(f"fold{TUNING_FOLD}") or {}) if parts else {}
+    split = {
+        "fold": TUNING_FOLD,
+        "train": (sizes.get("train") or {}).get("total"),
+        "val": (sizes.get("val") or {}).get("total"),
+    }
+    images = "" if split["val"] is None else f" ({split['val']} images)"
+    return {
+        "tuning": "sweep",
+        "folds": folds,
+        "tuning_fold": TUNING_FOLD,
+        "tuning_split": split,
+        "scored_folds": [k for k in range(folds) if k != TUNING_FOLD],
+        "note": f"hyper-parameters chosen on fold {TUNING_FOLD}{images}, cross-validation on "
+        f"folds 1..{folds - 1}, never re-scored",
+    }
+
+
 def _summary(values: list[Any]) -> dict:
     """Mean and sample sd of the defined values (undefined scores arrive as None or NaN)."""
     defined = [float(v) for v in values if v is not None and math.isfinite(v)]
@@ -51,11 +96,20 @@ def _or_inf(value: float | None) -> float:
     return -math.inf if value is None else value
 
 
-def aggregate(records: list[dict]) -> dict:
+def aggregate(records: list[dict], plan: dict | None = None) -> dict:
     """Per (backbone, strategy): mean ± sd over folds of the validation and test metrics.
 
     Models are listed best first by mean validation AUC (the test set never ranks them).
+    ``plan`` (:func:`cv_plan`) is kept as ``cross_validation``; a record of a fold it does not
+    score (the sweep's tuning fold) is refused.
     """
+    if plan is not None:
+        unscored = sorted({r["fold"] for r in records} - set(plan["scored_folds"]))
+        if unscored:
+            raise ValueError(
+                f"folds {unscored} are not scored in this run ({plan['note']}); "
+                "their records cannot rank a model"
+            )
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         groups.setdefault((record["backbone"], record["strategy"]), []).append(record)
@@ -76,7 +130,10 @@ def aggregate(records: list[dict]) -> dict:
             }
         models.append(model)
     models.sort(key=lambda m: -_or_inf(m["val"]["auc"]["mean"]))
-    return json_safe({"metrics": list(METRICS), "models": models})
+    document = {"metrics": list(METRICS), "models": models}
+    if plan is not None:
+        document["cross_validation"] = plan
+    return json_safe(document)
 
 
 def _percent(summary: dict) -> str:
@@ -109,6 +166,9 @@ def to_markdown(results: dict) -> str:
         cells = [_percent(model[p][m]) for p in PARTS for m in METRICS]
         lines.append(f"| {model['model']} | {len(model['folds'])} | " + " | ".join(cells) + " |")
     note = "\nScores in %, mean ± sd over folds, at the Youden threshold chosen on validation.\n"
+    plan = results.get("cross_validation")
+    if plan:
+        note += f"Folds: {plan['note']}.\n"
     return "\n".join(lines) + "\n" + note
 
 
@@ -117,12 +177,17 @@ def best_model(results: dict) -> dict:
     of its fold models the one with the highest validation AUC (ties: the lowest fold).
 
     Returns the model's summary row with ``fold`` set to that fold's record from ``runs``.
+    Only scored folds are candidates: never the sweep's tuning fold (``cross_validation``).
     """
     if not results["models"]:
         raise ValueError("no model in the results: nothing trained")
     model = results["models"][0]
     val_auc = dict(zip(model["folds"], model["val"]["auc"]["values"], strict=True))
-    fold = max(model["runs"], key=lambda r: (_or_inf(val_auc.get(r["fold"])), -r["fold"]))
+    scored = (results.get("cross_validation") or {}).get("scored_folds")
+    runs = [r for r in model["runs"] if scored is None or r["fold"] in scored]
+    if not runs:
+        raise ValueError(f"{model['model']}: none of its folds is scored ({scored})")
+    fold = max(runs, key=lambda r: (_or_inf(val_auc.get(r["fold"])), -r["fold"]))
     return {**model, "fold": fold}
 
 

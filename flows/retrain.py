@@ -39,7 +39,7 @@ from braintl.limits import gpu_request_problem, local_gpus
 from braintl.models import STRATEGIES as MODEL_STRATEGIES
 from braintl.models import list_models
 from braintl.models.registry import get_entry
-from braintl.results import METRICS, to_markdown
+from braintl.results import METRICS, TUNING_FOLD, cv_plan, to_markdown
 from braintl.runinfo import environment
 from braintl.storage import COMPLETE_MARKER, resolve
 from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts
@@ -207,6 +207,23 @@ class RetrainParams(BaseModel):
         if any(problems):
             raise _bad(" ".join(p for p in problems if p))
         return self
+
+    @model_validator(mode="after")
+    def _folds_left_to_score(self) -> RetrainParams:
+        """A sweep tunes on fold 0, which cross-validation then does not score: at least two
+        folds must remain (braintl.results.cv_plan)."""
+        if self.tuning == "sweep" and self.folds < 3:
+            raise _bad(
+                f"folds={self.folds} with tuning='sweep': the sweep chooses hyper-parameters on "
+                f"fold {TUNING_FOLD}, which cross-validation then does not score, so folds must "
+                "be at least 3 (two scored folds); give folds=3 or more, or tuning='seed'"
+            )
+        return self
+
+    def scored_folds(self) -> list[int]:
+        """The folds cross-validation trains and scores: all but the sweep's tuning fold, or
+        all k when no sweep ran (``tuning="seed"``)."""
+        return cv_plan(self.folds, self.tuning)["scored_folds"]
 
     def pairs(self) -> list[tuple[str, str]]:
         """(backbone, strategy) pairs to train; the scratch CNN has no frozen part."""
@@ -391,7 +408,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         lap(f"sweep-{name}")
     write_run_file(run.url, "sweep.json", sweeps)
 
-    jobs = [(config, fold) for config in best.values() for fold in range(params.folds)]
+    # The sweep's tuning fold chose the hyper-parameters; it neither trains nor ranks a model.
+    plan = cv_plan(params.folds, params.tuning, prepared["meta"].get("parts"))
+    print(f"cross-validation: {plan['note']}")
+    jobs = [(config, fold) for config in best.values() for fold in plan["scored_folds"]]
     folds_timeout = _training_timeout(params, "cross-validation", images, len(jobs))
 
     def submit(config: dict, fold: int, refresh: bool) -> PrefectFuture:
@@ -431,7 +451,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         futures = {submit(*job, True): job for job in stale}
     lap("cross-validation")
 
-    summary = aggregate(records)
+    summary = aggregate(records, plan)
     publish_timeout = params.timeouts.publish()
     urls = write_results.with_options(timeout_seconds=publish_timeout)(run.url, summary)
     lap("results")

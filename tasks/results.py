@@ -37,9 +37,9 @@ def all_exist(urls: list[str]) -> bool:
 
 
 @task(name="aggregate")
-def aggregate(records: list[dict]) -> dict:
-    """Mean ± sd over folds per (backbone, strategy)."""
-    return results.aggregate(records)
+def aggregate(records: list[dict], plan: dict | None = None) -> dict:
+    """Mean ± sd over the scored folds per (backbone, strategy); ``plan`` says which."""
+    return results.aggregate(records, plan)
 
 
 @task(name="write-results", **STORAGE_RETRIES)

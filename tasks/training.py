@@ -43,7 +43,8 @@ def sweep(
 ) -> dict:
     """One Ray Tune run (``storage_url/name``) over ``pairs``; its trials and best configs.
 
-    Trials validate on fold 0; cross-validation then scores the winners on every fold. Fails
+    Trials validate on fold 0; cross-validation then scores the winners on the other folds
+    only (braintl.results.cv_plan), so fold 0's images never rank a model. Fails
     (so nothing is cached) when some pair has no trial that trained.
     """
     progress = create_progress_artifact(

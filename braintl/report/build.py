@@ -111,6 +111,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
             },
             "leakage_audit": leakage_audit(run, sibling_runs(run)),
             "sweep": run.sweep,
+            "cross_validation": _cross_validation(run, best),
             "explanations": {
                 "model": best["model"],
                 "fold": best["fold"]["fold"],
@@ -143,10 +144,12 @@ def _summary(run: Run, best: dict, synthetic: bool) -> dict:
     leak = "leak-free" if protocol == "groups" else "leaky, as the seed's"
     k = len(best["folds"]["test"]["auc"]["values"])
     estimand = fold_mean_estimand(k)
+    plan = _cross_validation(run, best)
     text = (
         f"Best model: {best['model']} (weights {best['weights']}), chosen by mean validation "
-        f"AUC over {k} folds, protocol {protocol} ({leak}). On the held-out test set "
-        f"({best['n_test']} scans) its AUC ({estimand}) is {_fmt(auc['estimate'])} (95% CI "
+        f"AUC over {k} folds ({plan['note']}), protocol {protocol} ({leak}). On the held-out "
+        f"test set ({best['n_test']} scans) its AUC ({estimand}) is {_fmt(auc['estimate'])} "
+        f"(95% CI "
         f"{_fmt(auc['low'])}–{_fmt(auc['high'])}, {best['bootstrap']['text']}, "
         f"{auc['resamples']} resamples; an image bootstrap, which takes copies for independent "
         f"cases, gives {_fmt(by_image['low'])}–{_fmt(by_image['high'])}), accuracy "
@@ -203,6 +206,24 @@ def _summary(run: Run, best: dict, synthetic: bool) -> dict:
 
 def _fmt(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
+
+
+def _cross_validation(run: Run, best: dict) -> dict:
+    """Which folds tuned and which were scored: results.json's ``cross_validation``; a run
+    written before the tuning split was kept apart scored every fold it lists."""
+    plan = run.results.get("cross_validation")
+    if plan:
+        return plan
+    folds = [r["fold"] for r in best["runs"]]
+    return {
+        "tuning": None,
+        "folds": run.params.get("folds"),
+        "tuning_fold": None,
+        "tuning_split": None,
+        "scored_folds": folds,
+        "note": f"cross-validation on folds {', '.join(map(str, folds))} (this run predates "
+        "keeping the tuning fold out of cross-validation)",
+    }
 
 
 def _data(run: Run) -> dict:

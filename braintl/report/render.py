@@ -100,7 +100,8 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     """The page for ``report`` (see ``build_report``); ``images`` maps names to data URIs."""
     run = report["run"]
     body = {
-        "summary": f'<p class="summary" id="summary-text">{_e(report["summary"]["text"])}</p>',
+        "summary": f'<p class="summary" id="summary-text">{_e(report["summary"]["text"])}</p>'
+        + _cross_validation(report.get("cross_validation")),
         "table-1": _table_1(report),
         "leakage-audit": _leakage(report["leakage_audit"], run["protocol"]),
         "comparisons": _comparisons(report),
@@ -308,6 +309,23 @@ def _configs_table(configs: dict[str, dict], attrs: str) -> str:
         for model, config in configs.items()
     ]
     return _table(["model", *BEST_CONFIG_FIELDS], rows, attrs)
+
+
+def _cross_validation(plan: dict | None) -> str:
+    """Which fold chose the hyper-parameters and which folds were scored."""
+    if not plan:
+        return ""
+    split = plan.get("tuning_split")
+    sizes = (
+        f" Tuning split: {split['train']} training and {split['val']} validation images."
+        if split and split.get("val") is not None
+        else ""
+    )
+    scored = ", ".join(map(str, plan["scored_folds"]))
+    return (
+        f'<p class="note" id="cross-validation">Folds: {plan["folds"]}; scored: {_e(scored)}. '
+        f"{_e(plan['note'])}.{_e(sizes)}</p>"
+    )
 
 
 def _sweep(sweeps: dict, models: list[dict]) -> str:
