@@ -19,14 +19,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 POOL = "braintl-process"
-# The smallest useful run: two models, one trial each, two folds on 32 px phantoms.
+# The smallest useful run: two models, one trial each, three folds (fold 0 tunes, two are
+# scored) on 32 px phantoms.
 TINY = {
     "profile": "quick",
     "backbones": ["scratch_cnn", "mobilenet_v2"],
     "strategies": ["frozen"],
     "image_size": 32,
     "epochs": 1,
-    "folds": 2,
+    "folds": 3,
     "sweep": {"num_samples": 1},
 }
 TIMEZONE = "Europe/Berlin"

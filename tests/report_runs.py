@@ -64,7 +64,7 @@ def _run_both(root: Path) -> ReportRuns:
                     strategies=["frozen"],
                     image_size=32,
                     epochs=2,
-                    folds=2,
+                    folds=3,
                     test_fraction=0.25,
                     augment=True,
                     sweep={"num_samples": 1},

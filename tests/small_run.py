@@ -39,7 +39,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
         backbones=["scratch_cnn"],
         image_size=32,
         epochs=2,
-        folds=2,
+        folds=3,
         test_fraction=0.25,
         sweep={"num_samples": 1},
     )

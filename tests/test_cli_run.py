@@ -95,7 +95,7 @@ def test_a_first_run_is_quiet_and_ends_with_the_report(tmp_path):
     local Ray: no traceback, no ERROR line, no Ray notice to worry about, the report last."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_"))}
     options = ["--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "1"]
-    options += ["--folds", "2", "--num-samples", "1"]
+    options += ["--folds", "3", "--num-samples", "1"]
     done = subprocess.run(
         [Path(sys.executable).with_name("braintl"), "run", *options],
         cwd=tmp_path,

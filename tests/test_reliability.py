@@ -138,7 +138,7 @@ TINY = {
     "backbones": ["scratch_cnn"],
     "image_size": 32,
     "epochs": 2,
-    "folds": 2,
+    "folds": 3,
     "sweep": {"num_samples": 1},
 }
 
@@ -210,7 +210,7 @@ def test_storage_outage_retries_then_fails_cleanly(s3_server, s3_bucket, monkeyp
 # `braintl run` options of the process scenarios: one trial of three epochs, so a kill after
 # the first epoch lands mid-sweep.
 RUN_OPTIONS = (
-    "--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "3", "--folds", "2",
+    "--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "3", "--folds", "3",
     "--num-samples", "1", "--json",
 )  # fmt: skip
 LEASE_S = 15  # a run's lease in these processes: a killed run is resumable this long after
@@ -401,7 +401,7 @@ def test_cross_validation_survives_an_outage_a_lost_worker_and_a_hung_fold(
 ):
     """On one S3 bucket, three runs of the same settings:
 
-    1. the endpoint vanishes for 20 s as fold 0 writes its metrics: longer than botocore's own
+    1. the endpoint vanishes for 20 s as fold 1 writes its metrics: longer than botocore's own
        retries, so the fold task retries (its checkpoint kept) and the run completes;
     2. forced again, both folds hold after epoch 1 and never go on: with a 45 s
        cross-validation timeout the run fails naming the stage and the setting, the held
@@ -417,7 +417,7 @@ def test_cross_validation_survives_an_outage_a_lost_worker_and_a_hung_fold(
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the flow and its Ray workers
         ray.shutdown()
-        proxy.cut_on(b"/fold-0/metrics.json HTTP/1.1", outage=20)
+        proxy.cut_on(b"/fold-1/metrics.json HTTP/1.1", outage=20)
         survived = retrain(params, return_state=True)
         assert survived.is_completed(), survived.message
         assert proxy.times["restored"] - proxy.times["cut"] >= 20
@@ -427,15 +427,15 @@ def test_cross_validation_survives_an_outage_a_lost_worker_and_a_hung_fold(
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     first = survived.result()
     counts = _run_counts(survived)
-    assert counts["cv-scratch_cnn-full-fold-0"] >= 2, counts  # the task retried, not botocore
+    assert counts["cv-scratch_cnn-full-fold-1"] >= 2, counts  # the task retried, not botocore
     assert latest.read_json()["run_id"] == first["run_id"]
-    fold0 = resolve(first["run_url"]).join(FOLDS_DIR, "fold-0")
+    fold0 = resolve(first["run_url"]).join(FOLDS_DIR, "fold-1")
     assert [r["epoch"] for r in _history(fold0.join("metrics.json"))] == [1, 2, 3]
     assert not fold0.join("checkpoint.pt").exists()  # removed once the results were stored
     _record(
         "fold-storage-outage-20s",
         outcome="recovered",
-        fold_attempts=counts["cv-scratch_cnn-full-fold-0"],
+        fold_attempts=counts["cv-scratch_cnn-full-fold-1"],
         recovered_after_restore_s=round(recovered_s, 1),
     )
 
@@ -466,7 +466,7 @@ def test_cross_validation_survives_an_outage_a_lost_worker_and_a_hung_fold(
 
     def kill_held_folds() -> None:
         victims = _wait_for(lambda: _paused(gate, 2), 300, "both folds' epoch 2")
-        for fold in (0, 1):
+        for fold in (1, 2):
             checkpoints[fold] = _history(run.join(FOLDS_DIR, f"fold-{fold}", "checkpoint.pt"))
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
@@ -483,9 +483,9 @@ def test_cross_validation_survives_an_outage_a_lost_worker_and_a_hung_fold(
     assert record["run_id"] == hung_run  # the timed-out run, resumed
     assert latest.read_json()["run_id"] == hung_run
     counts = _run_counts(resumed)
-    attempts = [counts[f"cv-scratch_cnn-full-fold-{k}"] for k in (0, 1)]
+    attempts = [counts[f"cv-scratch_cnn-full-fold-{k}"] for k in (1, 2)]
     assert attempts == [1, 1]  # Ray reran the killed folds; the Prefect tasks never failed
-    for fold in (0, 1):
+    for fold in (1, 2):
         history = _history(run.join(FOLDS_DIR, f"fold-{fold}", "metrics.json"))
         # Epochs 1 and 2 are the checkpointed ones, to the float (seconds too): not retrained.
         assert [r["epoch"] for r in checkpoints[fold]] == [1, 2]

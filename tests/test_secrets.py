@@ -108,7 +108,7 @@ def test_fake_credentials_appear_nowhere(
         backbones=["scratch_cnn"],
         image_size=32,
         epochs=1,
-        folds=2,
+        folds=3,
         test_fraction=0.25,
         sweep={"num_samples": 1},
     )
