@@ -202,3 +202,16 @@ def wait_for_final_state(flow_run_id, stack: PrefectStack, timeout: float = 600)
             time.sleep(2)
     worker_log = (stack.logs / "worker.log").read_text()[-4000:]
     raise TimeoutError(f"flow run {flow_run_id} not final after {timeout} s:\n{worker_log}")
+
+
+def wait_for_events(event_filter, stack: PrefectStack, timeout: float = 60) -> list:
+    """The events the server stored that match ``event_filter``, polled until there is one (the
+    server persists events in batches); an error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    with api_client(stack.api_url) as client:
+        while time.monotonic() < deadline:
+            events = client.read_events(event_filter, limit=50).events  # the server's maximum
+            if events:
+                return events
+            time.sleep(1)
+    raise TimeoutError(f"no event matching {event_filter} stored after {timeout} s")
