@@ -84,7 +84,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @dataclass
 class PrefectStack:
-    """What the tests talk to: the server's API and UI, and where the runs write."""
+    """What the tests talk to: the server's API and UI, its clients' environment, and where the
+    runs write."""
 
     api_url: str
     env: dict[str, str]
