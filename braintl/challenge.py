@@ -154,6 +154,16 @@ def _champion_developed_on(champion: PublishedModel, urls: list[str]) -> int | N
     return sum(url in developed for url in urls)
 
 
+def summary(decision: dict) -> dict:
+    """The decision's evidence in the few numbers a notification carries (the whole record is
+    in the run's challenge.json)."""
+    ev = decision["evidence"]
+    keys = ("auc", "auc_lower", "sensitivity", "n_images", "n_groups")
+    return {k: ev[k] for k in keys if k in ev} | (
+        {"data_changed": ev["data"]["changed"]} if "data" in ev else {}
+    )
+
+
 def to_markdown(decision: dict) -> str:
     """The decision for a Prefect artifact and a reader: the verdict, then the evidence."""
     lines = [f"# {decision['reason']}", ""]

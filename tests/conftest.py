@@ -132,12 +132,22 @@ def s3_server():
 
 
 @pytest.fixture(scope="session")
-def prefect_stack(tmp_path_factory, s3_server):
-    """A real Prefect server with braintl's deployments applied and a process worker, shared by
-    the deployment and UI tests (see tests/prefect_services.py)."""
+def alert_webhook():
+    """A real HTTP server recording the posts of braintl's alert automations."""
+    from webhook_recorder import webhook_recorder
+
+    with webhook_recorder() as recorder:
+        yield recorder
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory, s3_server, alert_webhook):
+    """A real Prefect server with braintl's deployments and alerts applied and a process worker,
+    shared by the deployment, alert and UI tests (see tests/prefect_services.py)."""
     from prefect_services import start_prefect_stack
 
-    with start_prefect_stack(tmp_path_factory.mktemp("prefect-home"), s3_server) as stack:
+    home = tmp_path_factory.mktemp("prefect-home")
+    with start_prefect_stack(home, s3_server, alert_webhook.url) as stack:
         yield stack
 
 

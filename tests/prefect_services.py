@@ -1,6 +1,7 @@
 """Real services for the deployment tests: a `prefect server` (SQLite in a temporary home), the
-deployments of ``deployments/prefect.yaml`` applied to it, and a `prefect worker` on a process
-pool. The tests share one of each (see the ``prefect_stack`` fixture) so CI starts one server."""
+deployments and alert automations of ``deployments/`` applied to it as an operator does
+(``deployments/apply.py``), and a `prefect worker` on a process pool. The tests share one of each
+(see the ``prefect_stack`` fixture) so CI starts one server."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+APPLY = REPO / "deployments" / "apply.py"
 POOL = "braintl-process"
 # The smallest useful run: two models, one trial each, three folds (fold 0 tunes, two are
 # scored) on 32 px phantoms.
@@ -41,8 +42,13 @@ def free_port() -> int:
 
 def _prefect(*args: str, env: dict[str, str], timeout: float = 180) -> str:
     """One `prefect` CLI command; its output, or an error carrying that output."""
+    return run_checked([sys.executable, "-m", "prefect", "--no-prompt", *args], env, timeout)
+
+
+def run_checked(command: list[str], env: dict[str, str], timeout: float = 180) -> str:
+    """A command run from the repository root; its output, or an error carrying that output."""
     done = subprocess.run(
-        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        command,
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -50,7 +56,7 @@ def _prefect(*args: str, env: dict[str, str], timeout: float = 180) -> str:
         timeout=timeout,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
 
 
@@ -79,9 +85,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @dataclass
 class PrefectStack:
-    """What the tests talk to: the server's API and UI, and where the runs write."""
+    """What the tests talk to: the server's API and UI, its clients' environment, and where the
+    runs write."""
 
     api_url: str
+    env: dict[str, str]
     ui_url: str
     out_url: str
     ray_token: str
@@ -97,10 +105,10 @@ def _set_variables(api_url: str, values: dict) -> None:
 
 
 @contextmanager
-def start_prefect_stack(home: Path, s3_endpoint: str):
-    """Server, variables, pool and deployments, and one process worker whose flow runs write to
-    a fresh bucket of the S3 server at ``s3_endpoint``; all stopped on exit. Logs stay under
-    ``home/logs``."""
+def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
+    """Server, variables, pool, deployments and automations, and one process worker whose flow
+    runs write to a fresh bucket of the S3 server at ``s3_endpoint``; alerts go to
+    ``alert_webhook``. All stopped on exit. Logs stay under ``home/logs``."""
     import s3fs
 
     bucket = f"braintl-deploy-{uuid.uuid4().hex[:8]}"
@@ -141,10 +149,11 @@ def start_prefect_stack(home: Path, s3_endpoint: str):
                 "braintl_data_url": "s3://braintl-scans/brain_mri",
                 "braintl_out_url": out_url,
                 "braintl_ray_address": "ray://braintl-ray-head:10001",
+                "braintl_alert_webhook": alert_webhook,
             },
         )
         _prefect("work-pool", "create", POOL, "--type", "process", env=env)
-        _prefect("deploy", "--all", "--prefect-file", str(PREFECT_FILE), env=env)
+        apply_deployments(env)
         # The AWS_* variables of the S3 server come with os.environ; the Ray token is the one a
         # cluster started by the tests accepts (tests/test_ray_cluster.py).
         worker_env = {
@@ -161,11 +170,16 @@ def start_prefect_stack(home: Path, s3_endpoint: str):
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        yield PrefectStack(api_url, api_url.removesuffix("/api"), out_url, ray_token, logs)
+        yield PrefectStack(api_url, env, api_url.removesuffix("/api"), out_url, ray_token, logs)
     finally:
         if worker is not None:
             _stop(worker)
         _stop(server)
+
+
+def apply_deployments(env: dict[str, str]) -> str:
+    """`python deployments/apply.py`, the one command that applies deployments and alerts."""
+    return run_checked([sys.executable, str(APPLY)], env)
 
 
 @contextmanager
@@ -190,3 +204,16 @@ def wait_for_final_state(flow_run_id, stack: PrefectStack, timeout: float = 600)
             time.sleep(2)
     worker_log = (stack.logs / "worker.log").read_text()[-4000:]
     raise TimeoutError(f"flow run {flow_run_id} not final after {timeout} s:\n{worker_log}")
+
+
+def wait_for_events(event_filter, stack: PrefectStack, timeout: float = 60) -> list:
+    """The events the server stored that match ``event_filter``, polled until there is one (the
+    server persists events in batches); an error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    with api_client(stack.api_url) as client:
+        while time.monotonic() < deadline:
+            events = client.read_events(event_filter, limit=50).events  # the server's maximum
+            if events:
+                return events
+            time.sleep(1)
+    raise TimeoutError(f"no event matching {event_filter} stored after {timeout} s")

@@ -1,6 +1,7 @@
 """The deployments of ``deployments/prefect.yaml`` on a real Prefect server with a real process
-worker: an ad-hoc run triggered through the API as the UI does, its results in a real S3 server;
-the nightly schedule read back, and its concurrency limit keeping two nights apart."""
+worker: an ad-hoc run triggered through the API as the UI does, its results in a real S3 server
+and its champion event on the server; the nightly schedule read back, and its concurrency limit
+keeping two nights apart."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import json
 
 import pytest
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect_services import REPO, TIMEZONE, TINY, api_client, wait_for_final_state
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+from prefect_services import (
+    REPO,
+    TIMEZONE,
+    TINY,
+    api_client,
+    wait_for_events,
+    wait_for_final_state,
+)
 
 from braintl.storage import resolve
 
@@ -27,6 +36,17 @@ def test_adhoc_run_through_the_api_completes_and_writes_to_s3(prefect_stack):
     assert run_dir.join("results.json").read_json()["models"]
     assert "scratch_cnn/full" in run_dir.join("table.md").read_bytes().decode()
     assert run_dir.join("config.json").read_json()["params"]["seed"] == 1
+    # The champion task's event (what the champion-kept alert fires on), from the worker's run.
+    champion_events = EventFilter(
+        event=EventNameFilter(prefix=["braintl.champion."]),
+        related=EventRelatedFilter(id=[f"prefect.flow-run.{run.id}"]),
+    )
+    (event,) = wait_for_events(champion_events, prefect_stack)
+    verdict = "promoted" if latest["champion"]["promote"] else "kept"
+    assert event.event == f"braintl.champion.{verdict}"
+    assert event.resource.id == f"braintl.champion.{prefect_stack.out_url}"
+    assert event.payload["candidate"] == latest["run_id"]
+    assert event.payload["reason"] == latest["champion"]["reason"]
 
 
 def test_nightly_schedule_and_concurrency_read_back(prefect_stack):
