@@ -84,9 +84,17 @@ def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
     return record
 
 
+# The small run's test set has 8 scans: there the one-sided 95% bound of an AUC difference lies
+# about 0.65 below the difference itself, so the default margin (0.02) cannot tell even AUC 0.81
+# from 0.19 apart, and keeping the champion would be the right call. These tests check the
+# challenge's bookkeeping in the flow, with a margin such a test set can decide; the rule's
+# arithmetic at the default margins is tested on hand-made predictions in test_champion.py.
+RULE = ChampionRule(auc_margin=0.1)
+
+
 @flow
 def challenge_flow(run_url: str, out_url: str) -> dict:
-    return challenge_champion(run_url, out_url, ChampionRule())
+    return challenge_champion(run_url, out_url, RULE)
 
 
 def _artifact(state) -> tuple[str, str]:
@@ -129,7 +137,7 @@ def test_a_better_candidate_replaces_the_champion(contest):
     assert good["promote"] and good["champion_before"] == "run-weak"
     assert ev["auc"]["candidate"] > ev["auc"]["champion"]
     assert ev["auc"]["candidate"] == pytest.approx(1 - ev["auc"]["champion"])  # p vs 1 − p
-    assert ev["auc_lower"] > -ChampionRule().auc_margin
+    assert ev["auc_lower"] > -RULE.auc_margin
     assert ev["test_images"] == {"scored": 8, "unreadable": 0, "without_file": 0}
     assert ev["data"]["changed"] is False and ev["data"]["champion_developed_on"] == 0
     assert contest.artifacts["good"][0] == "promoted"
@@ -202,11 +210,11 @@ def test_a_retried_challenge_records_its_promotion_once_and_the_report_keeps_it(
     good = resolve(out).join("runs", "run-good")
     recorded = good.join("challenge.json").read_json()
     good.fs.rm(good.join("challenge.json").path)
-    again = challenge(good.url, out, ChampionRule())
+    again = challenge(good.url, out, RULE)
     assert again["promote"] and again["champion_before"] == "run-weak"
     assert again["evidence"] == recorded["evidence"]
     assert [r["run_id"] for r in read_history(out)] == ["run-weak", "run-good"]
-    assert challenge(good.url, out, ChampionRule()) == again  # recorded now: asked again, read
+    assert challenge(good.url, out, RULE) == again  # recorded now: asked again, read
 
     assert main(["report", good.url, "--json"]) == 0
     capsys.readouterr()
