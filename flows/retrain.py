@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from braintl import replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
 from braintl.champion import ChampionRule
+from braintl.codeversion import code_key
 from braintl.data.prepare import DataConfig
 from braintl.data.provenance import GroupBy
 from braintl.errors import UserError
@@ -279,9 +280,10 @@ class RetrainParams(BaseModel):
         return replica.seed_configs(pairs, self.base_train_config(weights))
 
     def run_key(self, fingerprint: str) -> str:
-        """Same data and same settings → same key: the run would change nothing."""
+        """Same data, same settings and same library code → same key: the run would change
+        nothing."""
         settings = self.model_dump(mode="json", exclude=NOT_IN_RUN_KEY)
-        blob = json.dumps({"data": fingerprint, **settings}, sort_keys=True)
+        blob = json.dumps({"data": fingerprint, "code": code_key(), **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
