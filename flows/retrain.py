@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -53,10 +52,10 @@ from tasks.report import render_report
 from tasks.results import (
     aggregate,
     all_exist,
+    claim_run,
     complete_run,
     publish_latest,
     read_latest,
-    unfinished_run,
     write_results,
     write_run_file,
 )
@@ -292,10 +291,6 @@ def _bad(problem: str) -> PydanticCustomError:
     return PydanticCustomError("bad_parameter", "{problem}", {"problem": problem})
 
 
-def new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
 def _fold_files_exist(record: dict) -> bool:
     return all_exist([record[key] for key in ("metrics_url", "model_url")])
 
@@ -361,11 +356,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         print(f"nothing changed: {message}; results in {latest['run_url']}")
         return Completed(name="Nothing changed", message=message, data=latest)
 
-    resumed = unfinished_run(params.out_url, run_key)
-    run_id = resumed or new_run_id()
+    claimed = claim_run(params.out_url, run_key, owner=str(current_flow_run.id))
+    run_id = claimed["run_id"]
     run = resolve(params.out_url).join("runs", run_id)
-    runlease.hold(run.url, owner=str(current_flow_run.id))  # a second run will not resume it
-    print(f"{'resuming interrupted' if resumed else 'new'} run {run_id}: {run.url}")
+    print(f"{'resuming interrupted' if claimed['resumed'] else 'new'} run {run_id}: {run.url}")
+    if claimed["warning"]:
+        print(f"WARNING: the run lease is not atomic here: {claimed['warning']}")
     write_run_file(
         run.url,
         "config.json",
@@ -486,7 +482,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     complete_run(run.url, record)
     decision = challenge_champion(run.url, params.out_url, params.champion)
     record["champion"] = {k: decision[k] for k in ("promote", "reason", "champion")}
-    publish_latest(params.out_url, record)
+    if not publish_latest(params.out_url, record):
+        print(f"latest.json names a run newer than {run_id}: it stays")
     return record
 
 
