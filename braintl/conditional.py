@@ -24,11 +24,14 @@ import os
 import posixpath
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from braintl.storage import Location, StorageError, guarded
 
-PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+# What S3 answers a write whose condition failed: 412, or 409 while another conditional write
+# of the same key is in flight (AWS).
+PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
 
 
 class ConditionFailed(Exception):
@@ -78,7 +81,7 @@ def delete(location: Location, expect: str) -> None:
         guarded(location.url, _local_delete, location, expect)
 
 
-def update(location: Location, data: bytes, replaces) -> bool:
+def update(location: Location, data: bytes, replaces: Callable[[bytes | None], bool]) -> bool:
     """Write ``data`` unless ``replaces(current bytes or None)`` says the object must stay;
     read, compare and write again whenever another writer came in between. Returns whether
     ``data`` was written."""
@@ -122,10 +125,21 @@ def _probe(fs, endpoint: str, bucket: str) -> str | None:
         except ConditionFailed:
             return None
     except StorageError as exc:
+        if not _answered(exc):
+            raise  # unreachable, not unsupported: the caller's retries find out later
         return f"{server} refuses conditional writes ({exc})"
     finally:
         with contextlib.suppress(Exception):
             fs.rm(probe.path)
+
+
+def _answered(exc: BaseException | None) -> bool:
+    """True when some cause of ``exc`` is an HTTP answer from the server (botocore's error)."""
+    while exc is not None:
+        if getattr(exc, "response", None):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _is_s3(location: Location) -> bool:
@@ -228,7 +242,7 @@ def _local_create(location: Location, data: bytes) -> str:
 
 
 @contextlib.contextmanager
-def _locked(location: Location):
+def _locked(location: Location) -> Iterator[None]:
     folder, name = posixpath.split(location.path)
     fd = os.open(posixpath.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -238,24 +252,21 @@ def _locked(location: Location):
         os.close(fd)
 
 
-def _local_current(location: Location, expect: str) -> None:
-    """Raise unless the object exists with version ``expect``; call it under :func:`_locked`."""
-    current = read(location)
-    if current is None or current.version != expect:
-        raise ConditionFailed(location.url)
-
-
 def _local_replace(location: Location, data: bytes, expect: str) -> str:
     os.makedirs(posixpath.dirname(location.path), exist_ok=True)
     with _locked(location):
-        _local_current(location, expect)
+        current = read(location)
+        if current is None or current.version != expect:
+            raise ConditionFailed(location.url)
         os.replace(_temporary(location, data), location.path)
     return _digest(data)
 
 
 def _local_delete(location: Location, expect: str) -> None:
     with _locked(location):
-        if read(location) is None:
+        current = read(location)
+        if current is None:
             return
-        _local_current(location, expect)
+        if current.version != expect:
+            raise ConditionFailed(location.url)
         os.unlink(location.path)

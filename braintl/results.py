@@ -17,7 +17,7 @@ from typing import Any
 
 from braintl import conditional
 from braintl.metrics import json_safe
-from braintl.runlease import is_held
+from braintl.runlease import holder
 from braintl.storage import resolve
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -217,9 +217,10 @@ def complete_run(run_url: str, record: dict) -> None:
     resolve(run_url).mark_complete(json_safe(record))
 
 
-def unfinished_run(out_url: str, run_key: str) -> str | None:
+def unfinished_run(out_url: str, run_key: str, owner: str | None = None) -> str | None:
     """The newest run of this run key that never completed, so a rerun after a crash resumes
-    it (its sweep restores from ``runs/<id>/sweep/``) instead of starting a new run."""
+    it (its sweep restores from ``runs/<id>/sweep/``) instead of starting a new run. A run
+    leased by ``owner`` itself (a retried flow run) counts; one leased by another does not."""
     runs = resolve(out_url).join("runs")
     if not runs.exists():
         return None
@@ -230,7 +231,7 @@ def unfinished_run(out_url: str, run_key: str) -> str | None:
             not run.is_complete()
             and config.exists()
             and config.read_json().get("run_key") == run_key
-            and not is_held(run)  # a run of the same settings still at work: not ours
+            and holder(run) in (None, owner)  # else a run of the same settings still at work
         ):
             return path.rstrip("/").rsplit("/", 1)[-1]
     return None

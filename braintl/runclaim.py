@@ -26,7 +26,7 @@ def claim_run(out_url: str, run_key: str, owner: str) -> dict:
     :func:`braintl.runlease.release`); returns ``{"run_id", "resumed", "warning"}``, the
     warning naming a storage server whose conditional writes cannot be trusted."""
     runs = resolve(out_url).join("runs")
-    resumable = unfinished_run(out_url, run_key)
+    resumable = unfinished_run(out_url, run_key, owner)
     candidates = [resumable] if resumable else []
     for _ in range(3):
         run_id = candidates.pop() if candidates else new_run_id()

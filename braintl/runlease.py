@@ -67,10 +67,11 @@ def _document(owner: str) -> tuple[bytes, float]:
     return json.dumps({"owner": owner, "until": until}, sort_keys=True).encode(), until
 
 
-def is_held(run: Location) -> bool:
-    """True while some process holds the run's lease (renewed recently)."""
+def holder(run: Location) -> str | None:
+    """The owner holding the run's lease (renewed recently), or None."""
     current = conditional.read(run.join(LEASE))
-    return current is not None and json.loads(current.data)["until"] > time.time()
+    held = json.loads(current.data) if current else None
+    return held["owner"] if held and held["until"] > time.time() else None
 
 
 def take(run_url: str, owner: str) -> Lease:
@@ -136,6 +137,7 @@ def hold(run_url: str, owner: str) -> Lease:
                 return
 
     renewer = threading.Thread(target=renewing, name=f"lease-{owner}", daemon=True)
+    _stop(owner)  # a retried flow run took its run back: the first attempt's renewals end
     renewer.start()
     _held[owner] = (stop, renewer, lease)
     return lease
@@ -154,13 +156,19 @@ def confirm(run_url: str) -> None:
     renew(lease)
 
 
-def release(owner: str) -> None:
-    """Stop renewing and remove the lease, if still ``owner``'s, so a rerun may resume at once."""
+def _stop(owner: str) -> Lease | None:
+    """End the renewals of ``owner``'s lease; the lease it renewed, if any."""
     if owner not in _held:
-        return
+        return None
     stop, renewer, lease = _held.pop(owner)
     stop.set()
-    renewer.join(timeout=30)  # no renewal after the removal
-    if lease.lost is None:
+    renewer.join(timeout=30)
+    return lease
+
+
+def release(owner: str) -> None:
+    """Stop renewing and remove the lease, if still ``owner``'s, so a rerun may resume at once."""
+    lease = _stop(owner)  # no renewal after the removal
+    if lease is not None and lease.lost is None:
         with contextlib.suppress(Exception):  # storage down or taken: it expires anyway
             conditional.delete(lease.location, lease.version)

@@ -358,11 +358,11 @@ def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
     monkeypatch.setenv(runlease.SECONDS_ENV, "0.4")
     runlease.hold(run.url, owner="a")
     time.sleep(1.0)  # longer than the lease: only the renewals keep it
-    assert runlease.is_held(run)
+    assert runlease.holder(run) == "a"
     runlease.release("a")
-    assert not runlease.is_held(run) and not run.join(runlease.LEASE).exists()
+    assert runlease.holder(run) is None and not run.join(runlease.LEASE).exists()
     run.join(runlease.LEASE).write_json({"owner": "crashed", "until": time.time() - 1})
-    assert not runlease.is_held(run)
+    assert runlease.holder(run) is None
 
 
 # Cross-validation faults: three epochs, so a fold held after epoch 2 still has one to train.

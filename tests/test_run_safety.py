@@ -17,6 +17,7 @@ from faults import TcpProxy, strip_conditions
 
 from braintl import conditional, runlease
 from braintl.results import publish_latest, read_latest
+from braintl.runclaim import claim_run
 from braintl.storage import resolve
 from tasks import results as result_tasks
 
@@ -120,6 +121,21 @@ def test_runs_claimed_at_once_never_share_a_run_id(out_url, monkeypatch):
         assert claim["warning"] is None
 
 
+def test_a_retried_flow_run_takes_its_own_run_back(out_url):
+    """A flow run retried in its process resumes the run it leased; another flow run of the
+    same settings, meanwhile, starts its own."""
+    first = claim_run(out_url, "key-a", "flow-run-1")
+    resolve(out_url).join("runs", first["run_id"], "config.json").write_json({"run_key": "key-a"})
+    try:
+        again = claim_run(out_url, "key-a", "flow-run-1")
+        other = claim_run(out_url, "key-a", "flow-run-2")
+    finally:
+        runlease.release("flow-run-1")
+        runlease.release("flow-run-2")
+    assert again == {"run_id": first["run_id"], "resumed": True, "warning": None}
+    assert other["run_id"] != first["run_id"] and not other["resumed"]
+
+
 def test_latest_only_moves_forward(out_url):
     assert publish_latest(out_url, {"run_id": "20260102T000000Z-bbbbbb"})
     assert not publish_latest(out_url, {"run_id": "20260101T000000Z-aaaaaa"})  # began earlier
@@ -146,10 +162,10 @@ def test_a_run_whose_lease_was_taken_over_writes_nothing(s3_server, s3_bucket, m
     try:
         proxy.cut()
         time.sleep(1.5)  # lapsed, nobody took it
-        assert not runlease.is_held(resolve(run_url))
+        assert runlease.holder(resolve(run_url)) is None
         proxy.restore()
         runlease.confirm(run_url)
-        assert lease.lost is None and runlease.is_held(resolve(run_url))
+        assert lease.lost is None and runlease.holder(resolve(run_url)) == "ours"
 
         proxy.cut()
         time.sleep(1.5)
