@@ -3,23 +3,31 @@
 Prefect decides what runs and in what order; Ray decides where the training runs. Tasks pass
 URLs and small records only. A completed run's model challenges the champion (it moves only
 when the model is not worse); ``latest.json`` moves last, and only when every fold finished.
+One flow run at a time works on an output: the nightly, ad-hoc and cluster deployments share
+a Prefect global concurrency limit per ``out_url`` (:func:`output_limit`), and the run's lease
+keeps runs apart even where that limit does not reach (two Prefect servers, ephemeral ones).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_client
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
@@ -291,6 +299,29 @@ def _bad(problem: str) -> PydanticCustomError:
     return PydanticCustomError("bad_parameter", "{problem}", {"problem": problem})
 
 
+def output_limit(out_url: str) -> str:
+    """The global concurrency limit of one output: ``braintl-out-<hash of its URL>``."""
+    return f"braintl-out-{hashlib.sha256(resolve(out_url).url.encode()).hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def one_run_per_output(out_url: str) -> Iterator[None]:
+    """Hold the output's limit (created with one slot when missing; an operator may change it)
+    while the flow runs: a second flow run on the same output waits, then sees what the first
+    wrote. A lost Prefect server does not stop the run: the run's lease still guards it."""
+    name = output_limit(out_url)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another flow run came first
+                limit = GlobalConcurrencyLimitCreate(name=name, limit=1)
+                client.create_global_concurrency_limit(limit)
+    print(f"taking concurrency limit {name} of {resolve(out_url).url}")
+    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+        yield
+
+
 def _fold_files_exist(record: dict) -> bool:
     return all_exist([record[key] for key in ("metrics_url", "model_url")])
 
@@ -331,6 +362,11 @@ def _release_lease(flow, flow_run, state) -> None:
 )
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
     """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
+    with one_run_per_output(params.out_url):
+        return _retrain(params)
+
+
+def _retrain(params: RetrainParams) -> dict | State:
     started = datetime.now(UTC).isoformat()
     stages: dict[str, float] = {}
     clock = time.perf_counter()

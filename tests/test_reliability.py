@@ -36,7 +36,7 @@ from braintl.storage import resolve
 from braintl.timeouts import Timeouts
 from braintl.training import pause
 from braintl.tuning import SweepConfig, run_sweep
-from flows.retrain import RetrainParams, retrain
+from flows.retrain import RetrainParams, output_limit, retrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +277,8 @@ def _sweep(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def concurrent_runs(prefect_server, tmp_path_factory):
     """Two ``braintl run`` processes with the same settings started at once on one output
-    folder: the later one finds the other's unfinished run, leased, and starts its own."""
+    folder: they take turns on the output's concurrency limit, so the later one finds the
+    first's results in latest.json and ends "Nothing changed"."""
     root = tmp_path_factory.mktemp("concurrent")
     out = root / "out"
     started = time.perf_counter()
@@ -289,26 +290,30 @@ def concurrent_runs(prefect_server, tmp_path_factory):
     return out, outputs, time.perf_counter() - started
 
 
+def _outcome(output: str) -> dict:
+    """The JSON object ``braintl run --json`` prints last."""
+    return json.loads(output[output.rindex("\n{") :])
+
+
 @pytest.mark.slow
-def test_two_runs_at_once_on_one_output_stay_apart(concurrent_runs):
-    out, _, seconds = concurrent_runs
-    run_dirs = sorted((out / "runs").iterdir())
-    assert len(run_dirs) == 2  # two unique run ids
-    for run_dir in run_dirs:
-        assert (run_dir / "_COMPLETE.json").exists()
-        config = json.loads((run_dir / "config.json").read_text())
-        assert config["run_id"] == run_dir.name
-        assert json.loads((run_dir / "_COMPLETE.json").read_text())["run_id"] == run_dir.name
-        assert not (run_dir / runlease.LEASE).exists()  # released when the flow ended
-        assert _sweep(run_dir)["trials"]
-        for fold in range(2):
-            metrics = run_dir / "folds" / "scratch_cnn-full" / f"fold-{fold}" / "metrics.json"
-            assert json.loads(metrics.read_text())["fold"] == fold
-    latest = json.loads((out / "latest.json").read_text())
-    assert latest["run_id"] in {d.name for d in run_dirs}
-    assert (out / "runs" / latest["run_id"] / "_COMPLETE.json").exists()
-    assert _scores(run_dirs[0]) == _scores(run_dirs[1])  # same training, same seed
-    _record("concurrent-runs", outcome="both completed", seconds=round(seconds, 1))
+def test_two_runs_at_once_on_one_output_take_turns(concurrent_runs):
+    out, outputs, seconds = concurrent_runs
+    outcomes = sorted((_outcome(text) for text in outputs), key=lambda o: o["state"])
+    assert [o["state"] for o in outcomes] == ["Completed", "Nothing changed"]
+    assert outcomes[0]["run_id"] == outcomes[1]["run_id"]
+    [run_dir] = (out / "runs").iterdir()  # one run id, one run
+    assert (run_dir / "_COMPLETE.json").exists()
+    assert json.loads((run_dir / "config.json").read_text())["run_id"] == run_dir.name
+    assert not (run_dir / runlease.LEASE).exists()  # released when the flow ended
+    assert _sweep(run_dir)["trials"]
+    for fold in range(2):
+        metrics = run_dir / "folds" / "scratch_cnn-full" / f"fold-{fold}" / "metrics.json"
+        assert json.loads(metrics.read_text())["fold"] == fold
+    assert json.loads((out / "latest.json").read_text())["run_id"] == run_dir.name
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(output_limit(str(out)))
+    assert (limit.limit, limit.active_slots) == (1, 0)
+    _record("concurrent-runs", outcome="took turns", seconds=round(seconds, 1))
 
 
 @pytest.mark.slow
