@@ -299,6 +299,11 @@ def _bad(problem: str) -> PydanticCustomError:
     return PydanticCustomError("bad_parameter", "{problem}", {"problem": problem})
 
 
+# A flow run renews its slot of the output's limit every 45 s; a killed one's slot is handed on
+# this long after its last renewal, by the server's repossessor (not run by ephemeral servers).
+SLOT_LEASE_S = 60  # Prefect's minimum
+
+
 def output_limit(out_url: str) -> str:
     """The global concurrency limit of one output: ``braintl-out-<hash of its URL>``."""
     return f"braintl-out-{hashlib.sha256(resolve(out_url).url.encode()).hexdigest()[:12]}"
@@ -318,7 +323,13 @@ def one_run_per_output(out_url: str) -> Iterator[None]:
                 limit = GlobalConcurrencyLimitCreate(name=name, limit=1)
                 client.create_global_concurrency_limit(limit)
     print(f"taking concurrency limit {name} of {resolve(out_url).url}")
-    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+    with concurrency(
+        name,
+        occupy=1,
+        lease_duration=SLOT_LEASE_S,
+        strict=True,
+        raise_on_lease_renewal_failure=False,
+    ):
         yield
 
 
