@@ -2,9 +2,9 @@
 
 list → decode, check and hash (one pass, pixels preprocessed on the way) → split →
 augment (only training partitions under ``groups``) → uint8 tensors written once under
-``OUT_URL/cache/<key>/``, where the key is a hash of the data fingerprint, every
-setting that changes the tensors and the source of ``braintl.data`` (the code that computes
-them: a fixed augmentation builds new tensors). A second run with the same data and settings decodes
+``OUT_URL/cache/<key>/``, where the key is a hash of the data fingerprint, every setting
+that changes the tensors and the source of ``braintl.data`` (the code that computes them: a
+fixed augmentation builds new tensors). A second run with the same data and settings decodes
 the files to recompute the fingerprint, then reuses the cache instead of rebuilding it.
 """
 
