@@ -31,6 +31,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -313,7 +314,14 @@ def output_limit(out_url: str) -> str:
 def one_run_per_output(out_url: str) -> Iterator[None]:
     """Hold the output's limit (created with one slot when missing; an operator may change it)
     while the flow runs: a second flow run on the same output waits, then sees what the first
-    wrote. A lost Prefect server does not stop the run: the run's lease still guards it."""
+    wrote. A lost Prefect server does not stop the run: the run's lease still guards it.
+
+    Without a configured server (Prefect's temporary one, ``braintl run`` alone) there is no
+    limit: that server serves one process, and it never frees the slot of a killed run, which
+    its database in PREFECT_HOME would keep for every later run on the output."""
+    if not PREFECT_API_URL.value():
+        yield
+        return
     name = output_limit(out_url)
     with get_client(sync_client=True) as client:
         try:
