@@ -15,8 +15,9 @@ import math
 import statistics
 from typing import Any
 
+from braintl import conditional
 from braintl.metrics import json_safe
-from braintl.runlease import is_held
+from braintl.runlease import holder
 from braintl.storage import resolve
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -216,9 +217,10 @@ def complete_run(run_url: str, record: dict) -> None:
     resolve(run_url).mark_complete(json_safe(record))
 
 
-def unfinished_run(out_url: str, run_key: str) -> str | None:
+def unfinished_run(out_url: str, run_key: str, owner: str | None = None) -> str | None:
     """The newest run of this run key that never completed, so a rerun after a crash resumes
-    it (its sweep restores from ``runs/<id>/sweep/``) instead of starting a new run."""
+    it (its sweep restores from ``runs/<id>/sweep/``) instead of starting a new run. A run
+    leased by ``owner`` itself (a retried flow run) counts; one leased by another does not."""
     runs = resolve(out_url).join("runs")
     if not runs.exists():
         return None
@@ -229,20 +231,29 @@ def unfinished_run(out_url: str, run_key: str) -> str | None:
             not run.is_complete()
             and config.exists()
             and config.read_json().get("run_key") == run_key
-            and not is_held(run)  # a run of the same settings still at work: not ours
+            and holder(run) in (None, owner)  # else a run of the same settings still at work
         ):
             return path.rstrip("/").rsplit("/", 1)[-1]
     return None
 
 
-def publish_latest(out_url: str, record: dict) -> str:
-    """Point ``OUT/latest.json`` at a completed run. Call it last: readers trust what it names.
+def publish_latest(out_url: str, record: dict) -> bool:
+    """Point ``OUT/latest.json`` at a completed run, unless it names a newer one: it only moves
+    forward. Call it last: readers trust what it names.
 
-    One whole-object write (a rename locally, a single PUT on S3), so it is never half-seen.
+    Newer means a greater run id (ids begin with the run's start time, see
+    :func:`braintl.runclaim.new_run_id`), so a run that began earlier but finished later leaves
+    it alone. Read, compare and conditional write (:func:`braintl.conditional.update`): two
+    runs finishing at once cannot undo each other. One whole-object write, never half-seen.
+    Returns whether ``latest.json`` moved to this run.
     """
-    target = resolve(out_url).join(LATEST)
-    target.write_json(json_safe(record))
-    return target.url
+    run_id = record["run_id"]
+
+    def older(current: bytes | None) -> bool:
+        return current is None or json.loads(current)["run_id"] < run_id
+
+    document = json.dumps(json_safe(record), indent=2, sort_keys=True).encode()
+    return conditional.update(resolve(out_url).join(LATEST), document, older)
 
 
 def read_latest(out_url: str) -> dict | None:

@@ -1,4 +1,5 @@
-"""What a run ran on: package versions and hardware, kept in ``run.json`` for the report.
+"""What a run ran on: braintl's code version, package versions and hardware, kept in
+``run.json`` for the report.
 
 Versions come from installed package metadata, so recording them imports nothing heavy.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
+
+from braintl.codeversion import code_version
 
 PACKAGES = (
     "braintl",
@@ -50,4 +53,4 @@ def hardware() -> dict:
 
 
 def environment() -> dict:
-    return {"versions": versions(), "hardware": hardware()}
+    return {"code": code_version(), "versions": versions(), "hardware": hardware()}

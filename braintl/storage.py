@@ -57,16 +57,16 @@ class Location:
         return proto[0] if isinstance(proto, tuple) else proto
 
     def exists(self) -> bool:
-        return _guard(self.url, self.fs.exists, self.path)
+        return guarded(self.url, self.fs.exists, self.path)
 
     def read_bytes(self) -> bytes:
-        return _guard(self.url, self.fs.cat_file, self.path)
+        return guarded(self.url, self.fs.cat_file, self.path)
 
     def write_bytes(self, data: bytes) -> None:
         """Write a whole object; a local file goes through a temporary name, never half-seen."""
         if self.protocol != "file":
             try:
-                _guard(self.url, self.fs.pipe_file, self.path, data)
+                guarded(self.url, self.fs.pipe_file, self.path, data)
             except FileNotFoundError as exc:
                 raise StorageError(
                     f"{self.url}: cannot write, the bucket does not exist ({exc}). Create it "
@@ -87,7 +87,7 @@ class Location:
 
     def download(self, path: str) -> None:
         """Copy this object to the local file ``path`` without holding it in memory."""
-        _guard(self.url, self.fs.get_file, self.path, path)
+        guarded(self.url, self.fs.get_file, self.path, path)
 
     def read_json(self) -> Any:
         return json.loads(self.read_bytes())
@@ -124,7 +124,9 @@ def _s3_connection_errors() -> tuple[type[Exception], ...]:
     return (EndpointError, HTTPClientError)
 
 
-def _guard(url: str, func, *args):
+def guarded(url: str, func, *args):
+    """``func(*args)`` with storage failures as :class:`StorageError` naming ``url`` and the fix;
+    a missing file stays FileNotFoundError."""
     try:
         return func(*args)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):

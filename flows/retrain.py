@@ -3,27 +3,35 @@
 Prefect decides what runs and in what order; Ray decides where the training runs. Tasks pass
 URLs and small records only. A completed run's model challenges the champion (it moves only
 when the model is not worse); ``latest.json`` moves last, and only when every fold finished.
+One flow run at a time works on an output: the nightly, ad-hoc and cluster deployments share
+a Prefect global concurrency limit per ``out_url`` (:func:`output_limit`), and the run's lease
+keeps runs apart even where that limit does not reach (two Prefect servers, ephemeral ones).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_client
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -32,6 +40,7 @@ from pydantic_core import PydanticCustomError
 from braintl import replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
 from braintl.champion import ChampionRule
+from braintl.codeversion import code_key
 from braintl.data.prepare import DataConfig
 from braintl.data.provenance import GroupBy
 from braintl.errors import UserError
@@ -52,10 +61,10 @@ from tasks.report import render_report
 from tasks.results import (
     aggregate,
     all_exist,
+    claim_run,
     complete_run,
     publish_latest,
     read_latest,
-    unfinished_run,
     write_results,
     write_run_file,
 )
@@ -279,9 +288,10 @@ class RetrainParams(BaseModel):
         return replica.seed_configs(pairs, self.base_train_config(weights))
 
     def run_key(self, fingerprint: str) -> str:
-        """Same data and same settings → same key: the run would change nothing."""
+        """Same data, same settings and same library code → same key: the run would change
+        nothing."""
         settings = self.model_dump(mode="json", exclude=NOT_IN_RUN_KEY)
-        blob = json.dumps({"data": fingerprint, **settings}, sort_keys=True)
+        blob = json.dumps({"data": fingerprint, "code": code_key(), **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -290,8 +300,45 @@ def _bad(problem: str) -> PydanticCustomError:
     return PydanticCustomError("bad_parameter", "{problem}", {"problem": problem})
 
 
-def new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+# A flow run renews its slot of the output's limit every 45 s; a killed one's slot is handed on
+# this long after its last renewal, by the server's repossessor (not run by ephemeral servers).
+SLOT_LEASE_S = 60  # Prefect's minimum
+
+
+def output_limit(out_url: str) -> str:
+    """The global concurrency limit of one output: ``braintl-out-<hash of its URL>``."""
+    return f"braintl-out-{hashlib.sha256(resolve(out_url).url.encode()).hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def one_run_per_output(out_url: str) -> Iterator[None]:
+    """Hold the output's limit (created with one slot when missing; an operator may change it)
+    while the flow runs: a second flow run on the same output waits, then sees what the first
+    wrote. A lost Prefect server does not stop the run: the run's lease still guards it.
+
+    Without a configured server (Prefect's temporary one, ``braintl run`` alone) there is no
+    limit: that server serves one process, and it never frees the slot of a killed run, which
+    its database in PREFECT_HOME would keep for every later run on the output."""
+    if not PREFECT_API_URL.value():
+        yield
+        return
+    name = output_limit(out_url)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another flow run came first
+                limit = GlobalConcurrencyLimitCreate(name=name, limit=1)
+                client.create_global_concurrency_limit(limit)
+    print(f"taking concurrency limit {name} of {resolve(out_url).url}")
+    with concurrency(
+        name,
+        occupy=1,
+        lease_duration=SLOT_LEASE_S,
+        strict=True,
+        raise_on_lease_renewal_failure=False,
+    ):
+        yield
 
 
 def _fold_files_exist(record: dict) -> bool:
@@ -334,6 +381,11 @@ def _release_lease(flow, flow_run, state) -> None:
 )
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
     """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
+    with one_run_per_output(params.out_url):
+        return _retrain(params)
+
+
+def _retrain(params: RetrainParams) -> dict | State:
     started = datetime.now(UTC).isoformat()
     stages: dict[str, float] = {}
     clock = time.perf_counter()
@@ -359,11 +411,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
         print(f"nothing changed: {message}; results in {latest['run_url']}")
         return Completed(name="Nothing changed", message=message, data=latest)
 
-    resumed = unfinished_run(params.out_url, run_key)
-    run_id = resumed or new_run_id()
+    claimed = claim_run(params.out_url, run_key, owner=str(current_flow_run.id))
+    run_id = claimed["run_id"]
     run = resolve(params.out_url).join("runs", run_id)
-    runlease.hold(run.url, owner=str(current_flow_run.id))  # a second run will not resume it
-    print(f"{'resuming interrupted' if resumed else 'new'} run {run_id}: {run.url}")
+    print(f"{'resuming interrupted' if claimed['resumed'] else 'new'} run {run_id}: {run.url}")
+    if claimed["warning"]:
+        print(f"WARNING: the run lease is not atomic here: {claimed['warning']}")
     write_run_file(
         run.url,
         "config.json",
@@ -484,7 +537,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B
     complete_run(run.url, record)
     decision = challenge_champion(run.url, params.out_url, params.champion)
     record["champion"] = {k: decision[k] for k in ("promote", "reason", "champion")}
-    publish_latest(params.out_url, record)
+    if not publish_latest(params.out_url, record):
+        print(f"latest.json names a run newer than {run_id}: it stays")
     return record
 
 

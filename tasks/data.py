@@ -7,7 +7,6 @@ import json
 import sys
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.task_engine import TaskRunTimeoutError
 from pydantic import ValidationError
 
@@ -16,6 +15,7 @@ from braintl.data.prepare import DataConfig, prepare
 from braintl.data.provenance import manifest_bytes
 from braintl.errors import UserError
 from braintl.storage import StorageError, resolve
+from tasks.caching import COMPUTED
 
 
 def worth_retrying(task, task_run, state) -> bool:
@@ -60,7 +60,7 @@ def snapshot(data_url: str, manifest_url: str | None = None) -> str:
 
 @task(
     name="prepare",
-    cache_policy=INPUTS + TASK_SOURCE,
+    cache_policy=COMPUTED,
     persist_result=True,
     **STORAGE_RETRIES,
 )

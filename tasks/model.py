@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from braintl import predict, publish
+from braintl import predict, publish, runlease
 from braintl.storage import resolve
 from tasks.data import STORAGE_RETRIES
 
@@ -13,7 +13,8 @@ from tasks.data import STORAGE_RETRIES
 @task(name="publish-model", **STORAGE_RETRIES)
 def publish_model(run_url: str) -> dict[str, str]:
     """Package the run's best model (weights, preprocessing, threshold, card) under ``model/``;
-    a link to its card becomes an artifact."""
+    a link to its card becomes an artifact. Only while the run holds its lease."""
+    runlease.confirm(run_url)
     urls = publish.publish_model(run_url)
     create_markdown_artifact(
         resolve(urls["card"]).read_bytes().decode(),

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_link_artifact
 
+from braintl import runlease
 from braintl.report import write_report
 from tasks.data import STORAGE_RETRIES
 
@@ -19,7 +20,8 @@ def _link(url: str) -> str:
 @task(name="report", **STORAGE_RETRIES)
 def render_report(run_url: str) -> dict[str, str]:
     """``report/index.html``, ``report.json``, ``table.csv`` and ``table.md`` under the run;
-    returns file name → URL."""
+    returns file name → URL. Only while the run holds its lease."""
+    runlease.confirm(run_url)
     urls = write_report(run_url)
     create_link_artifact(
         link=_link(urls["index.html"]),

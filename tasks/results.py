@@ -1,10 +1,14 @@
-"""Result stages: the run's config, its results files, and the ``latest`` pointer."""
+"""Result stages: the run to work on, its config and results files, and the ``latest`` pointer.
+
+Every stage that writes into a run first confirms the run's lease (renewing it), so a run
+whose lease was taken over by another fails here and writes nothing more.
+"""
 
 from __future__ import annotations
 
 from prefect import task
 
-from braintl import results
+from braintl import results, runclaim, runlease
 from braintl.storage import resolve
 from tasks.data import STORAGE_RETRIES
 
@@ -15,16 +19,18 @@ def read_latest(out_url: str) -> dict | None:
     return results.read_latest(out_url)
 
 
-@task(name="unfinished-run", **STORAGE_RETRIES)
-def unfinished_run(out_url: str, run_key: str) -> str | None:
-    """An interrupted run of the same data and settings, to resume rather than restart."""
-    return results.unfinished_run(out_url, run_key)
+@task(name="claim-run", **STORAGE_RETRIES)
+def claim_run(out_url: str, run_key: str, owner: str) -> dict:
+    """An interrupted run of the same data and settings to resume, else a new run; its lease
+    held for ``owner`` from here on."""
+    return runclaim.claim_run(out_url, run_key, owner)
 
 
 @task(name="write-run-file", **STORAGE_RETRIES)
 def write_run_file(run_url: str, name: str, document: dict) -> str:
     """One JSON document of a run: ``config.json`` (parameters, data record, run key),
     ``sweep.json`` (every trial), ``run.json`` (times per stage, versions, hardware)."""
+    runlease.confirm(run_url)
     target = resolve(run_url).join(name)
     target.write_json(document)
     return target.url
@@ -45,16 +51,20 @@ def aggregate(records: list[dict], plan: dict | None = None) -> dict:
 @task(name="write-results", **STORAGE_RETRIES)
 def write_results(run_url: str, summary: dict) -> dict[str, str]:
     """``results.json``, ``table.csv`` and ``table.md`` under the run."""
+    runlease.confirm(run_url)
     return results.write_results(run_url, summary)
 
 
 @task(name="complete-run", **STORAGE_RETRIES)
 def complete_run(run_url: str, record: dict) -> None:
     """The run's completion marker, written after every other file of the run."""
+    runlease.confirm(run_url)
     results.complete_run(run_url, record)
 
 
 @task(name="publish-latest", **STORAGE_RETRIES)
-def publish_latest(out_url: str, record: dict) -> str:
-    """Move ``latest.json`` to this run; called last, only by a completed run."""
+def publish_latest(out_url: str, record: dict) -> bool:
+    """Move ``latest.json`` forward to this run; called last, only by a completed run that
+    still holds its lease. False: it names a newer run, and stays."""
+    runlease.confirm(record["run_url"])
     return results.publish_latest(out_url, record)

@@ -1,21 +1,22 @@
 """Training stages: the Ray Tune sweep and one cross-validation fold, both run on Ray.
 
-Both are cached by their inputs less where they write, so a rerun after a crash reuses the
-finished sweep and folds (their records keep pointing at the run that trained them);
-the flow refreshes them when forced. A fold retries what another try can fix (a storage
-outage, a worker lost more often than Ray retries it), resuming from its checkpoint, with growing
-delays, and so does the sweep (restored from its storage, errored trials resumed); a user's
-mistake or a timeout fails at once. Timeouts are left out of the cache keys.
+Both are cached by their inputs less where they write, and by the library's code, so a rerun
+after a crash reuses the finished sweep and folds (their records keep pointing at the run that
+trained them) while a changed library trains them again; the flow refreshes them when forced.
+A fold retries what another try can fix (a storage outage, a worker lost more often than Ray
+retries it), resuming from its checkpoint, with growing delays, and so does the sweep (restored
+from its storage, errored trials resumed); a user's mistake or a timeout fails at once.
+Timeouts are left out of the cache keys.
 """
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
 from braintl import folds, tuning
+from tasks.caching import COMPUTED
 from tasks.data import worth_retrying
 
 # Waits of 10, 20 and 40 s: training holds hours of work, worth riding out a minute-long outage.
@@ -28,7 +29,7 @@ TRAINING_RETRIES = {
 
 @task(
     name="sweep",
-    cache_policy=INPUTS + TASK_SOURCE - "storage_url",
+    cache_policy=COMPUTED - "storage_url",
     persist_result=True,
     **TRAINING_RETRIES,
 )
@@ -70,7 +71,7 @@ def sweep(
 
 @task(
     name="cv-fold",
-    cache_policy=INPUTS + TASK_SOURCE - "out_url" - "timeout_s",
+    cache_policy=COMPUTED - "out_url" - "timeout_s",
     persist_result=True,
     **TRAINING_RETRIES,
 )

@@ -1,5 +1,5 @@
-"""Fault injection for the reliability tests: a TCP proxy that cuts and restores a server, and
-the process ids of live Ray actors.
+"""Fault injection for the reliability tests: a TCP proxy that cuts and restores a server (or
+rewrites what clients send it), and the process ids of live Ray actors.
 
 Moto keeps its objects in memory, so a restarted moto server would come back empty; what the
 client must survive is the endpoint going away — refused connections for new requests, resets
@@ -8,22 +8,35 @@ for open ones — and coming back with its data. The proxy does exactly that to 
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import ray
+
+CONDITION_HEADERS = re.compile(rb"(?im)^if-(none-)?match:[^\r\n]*\r\n")
+
+
+def strip_conditions(request: bytes) -> bytes:
+    """An S3 server that ignores conditional writes, as older S3-compatible servers do: the
+    ``If-None-Match`` and ``If-Match`` headers never reach it (moto checks no signatures).
+    Requests here are small, so their headers arrive in one chunk."""
+    return CONDITION_HEADERS.sub(b"", request)
 
 
 class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``; :meth:`cut` makes the endpoint vanish
     (listener closed, open connections reset), :meth:`restore` brings it back on the same port;
-    :meth:`cut_on` does it the moment a client sends a given request.
+    :meth:`cut_on` does it the moment a client sends a given request. ``rewrite`` changes each
+    chunk a client sends before it reaches the server.
     """
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, rewrite: Callable[[bytes], bytes] | None = None):
         self.target_port = target_port
+        self.rewrite = rewrite
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -67,6 +80,8 @@ class TcpProxy:
             while data := src.recv(65536):
                 if from_client and self._triggered(data):
                     return
+                if from_client and self.rewrite:
+                    data = self.rewrite(data)
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
         except OSError:

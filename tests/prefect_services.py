@@ -105,16 +105,10 @@ def _set_variables(api_url: str, values: dict) -> None:
 
 
 @contextmanager
-def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
-    """Server, variables, pool, deployments and automations, and one process worker whose flow
-    runs write to a fresh bucket of the S3 server at ``s3_endpoint``; alerts go to
-    ``alert_webhook``. All stopped on exit. Logs stay under ``home/logs``."""
-    import s3fs
-
-    bucket = f"braintl-deploy-{uuid.uuid4().hex[:8]}"
-    s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
-    out_url = f"s3://{bucket}"
-    ray_token = secrets.token_hex(32)
+def start_prefect_server(home: Path, **settings: str):
+    """A `prefect server start` (SQLite under ``home``, its services running: a crashed flow
+    run's concurrency slots are reclaimed only by those); yields the environment that points
+    clients at it. ``settings``: more PREFECT_* variables for the server."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     logs = home / "logs"
@@ -132,13 +126,31 @@ def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
         server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
             + ["--port", str(port)],
-            env=env,
+            env={**env, **settings},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    worker = None
     try:
         _wait_healthy(api_url, server, server_log)
+        yield env
+    finally:
+        _stop(server)
+
+
+@contextmanager
+def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
+    """Server, variables, pool, deployments and automations, and one process worker whose flow
+    runs write to a fresh bucket of the S3 server at ``s3_endpoint``; alerts go to
+    ``alert_webhook``. All stopped on exit. Logs stay under ``home/logs``."""
+    import s3fs
+
+    bucket = f"braintl-deploy-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir(bucket)
+    out_url = f"s3://{bucket}"
+    ray_token = secrets.token_hex(32)
+    logs = home / "logs"
+    with start_prefect_server(home) as env:
+        api_url = env["PREFECT_API_URL"]
         _set_variables(
             api_url,
             {
@@ -170,11 +182,10 @@ def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        yield PrefectStack(api_url, env, api_url.removesuffix("/api"), out_url, ray_token, logs)
-    finally:
-        if worker is not None:
+        try:
+            yield PrefectStack(api_url, env, api_url.removesuffix("/api"), out_url, ray_token, logs)
+        finally:
             _stop(worker)
-        _stop(server)
 
 
 def apply_deployments(env: dict[str, str]) -> str:

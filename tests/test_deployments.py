@@ -1,7 +1,8 @@
 """The deployments of ``deployments/prefect.yaml`` on a real Prefect server with a real process
 worker: an ad-hoc run triggered through the API as the UI does, its results in a real S3 server
-and its champion event on the server; the nightly schedule read back, and its concurrency limit
-keeping two nights apart."""
+and its champion event on the server; the nightly schedule read back, its concurrency limit
+keeping two nights apart, and the output's limit keeping a nightly and an ad-hoc run on one
+output apart."""
 
 from __future__ import annotations
 
@@ -71,6 +72,24 @@ def test_two_nightly_runs_never_overlap(prefect_stack):
     assert all(final.state.is_completed() for final in finals), [f.state for f in finals]
     first, second = sorted(finals, key=lambda final: final.start_time)
     assert second.start_time >= first.end_time
+
+
+@pytest.mark.slow
+def test_nightly_and_adhoc_runs_on_one_output_take_turns(prefect_stack):
+    """The output's concurrency limit is shared across deployments: started together with the
+    same settings, one run trains and the other waits, then finds nothing changed."""
+    params = {**TINY, "out_url": f"{prefect_stack.out_url}/shared"}
+    with api_client(prefect_stack.api_url) as client:
+        runs = [
+            client.create_flow_run_from_deployment(
+                client.read_deployment_by_name(f"retrain/{name}").id, parameters={"params": params}
+            )
+            for name in ("nightly-retrain", "adhoc-retrain")
+        ]
+    finals = [wait_for_final_state(run.id, prefect_stack) for run in runs]
+    assert sorted(final.state.name for final in finals) == ["Completed", "Nothing changed"]
+    runs_dir = resolve(params["out_url"]).join("runs")
+    assert len(runs_dir.fs.ls(runs_dir.path)) == 1  # one run id
 
 
 @pytest.mark.parametrize("kind", ["kubernetes", "docker"])

@@ -27,7 +27,7 @@ from artifacts import artifacts_dir
 from faults import TcpProxy, actor_pids
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.settings import PREFECT_API_URL
+from prefect_services import api_client, start_prefect_server
 from ray import tune
 
 from braintl import runlease
@@ -36,7 +36,7 @@ from braintl.storage import resolve
 from braintl.timeouts import Timeouts
 from braintl.training import pause
 from braintl.tuning import SweepConfig, run_sweep
-from flows.retrain import RetrainParams, retrain
+from flows.retrain import RetrainParams, output_limit, retrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,8 +216,19 @@ RUN_OPTIONS = (
 LEASE_S = 15  # a run's lease in these processes: a killed run is resumable this long after
 
 
+@pytest.fixture(scope="module")
+def prefect_with_services(tmp_path_factory):
+    """A `prefect server start` for the ``braintl run`` processes: unlike the test harness's
+    ephemeral server it runs Prefect's services, whose repossessor hands a killed flow run's
+    concurrency slot on (checked every second here) once its lease expired."""
+    home = tmp_path_factory.mktemp("prefect-services")
+    settings = {"PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1"}
+    with start_prefect_server(home, **settings) as env:
+        yield env["PREFECT_API_URL"]
+
+
 def _start_run(
-    out: Path, home: Path, *extra: str, pause_at: Path | None = None
+    out: Path, home: Path, api_url: str, *extra: str, pause_at: Path | None = None
 ) -> tuple[subprocess.Popen, Path]:
     """``braintl run`` in its own process group, against the test's Prefect server, with its
     own PREFECT_HOME (where the task cache lives) so a rerun finds what the first run cached,
@@ -227,7 +238,7 @@ def _start_run(
     log = home / f"run-{len(list(home.glob('run-*.log')))}.log"
     env = {
         **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(home),
         runlease.SECONDS_ENV: str(LEASE_S),
     }
@@ -275,50 +286,57 @@ def _sweep(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def concurrent_runs(prefect_server, tmp_path_factory):
+def concurrent_runs(prefect_with_services, tmp_path_factory):
     """Two ``braintl run`` processes with the same settings started at once on one output
-    folder: the later one finds the other's unfinished run, leased, and starts its own."""
+    folder: they take turns on the output's concurrency limit, so the later one finds the
+    first's results in latest.json and ends "Nothing changed"."""
     root = tmp_path_factory.mktemp("concurrent")
     out = root / "out"
     started = time.perf_counter()
     runs = [
-        _start_run(out, root / "home-a"),
-        _start_run(out, root / "home-b"),
+        _start_run(out, root / "home-a", prefect_with_services),
+        _start_run(out, root / "home-b", prefect_with_services),
     ]
     outputs = [_finish(proc, log) for proc, log in runs]
-    return out, outputs, time.perf_counter() - started
+    return out, outputs, time.perf_counter() - started, prefect_with_services
+
+
+def _outcome(output: str) -> dict:
+    """The JSON object ``braintl run --json`` prints last."""
+    return json.loads(output[output.rindex("\n{") :])
 
 
 @pytest.mark.slow
-def test_two_runs_at_once_on_one_output_stay_apart(concurrent_runs):
-    out, _, seconds = concurrent_runs
-    run_dirs = sorted((out / "runs").iterdir())
-    assert len(run_dirs) == 2  # two unique run ids
-    for run_dir in run_dirs:
-        assert (run_dir / "_COMPLETE.json").exists()
-        config = json.loads((run_dir / "config.json").read_text())
-        assert config["run_id"] == run_dir.name
-        assert json.loads((run_dir / "_COMPLETE.json").read_text())["run_id"] == run_dir.name
-        assert not (run_dir / runlease.LEASE).exists()  # released when the flow ended
-        assert _sweep(run_dir)["trials"]
-        for fold in range(2):
-            metrics = run_dir / "folds" / "scratch_cnn-full" / f"fold-{fold}" / "metrics.json"
-            assert json.loads(metrics.read_text())["fold"] == fold
-    latest = json.loads((out / "latest.json").read_text())
-    assert latest["run_id"] in {d.name for d in run_dirs}
-    assert (out / "runs" / latest["run_id"] / "_COMPLETE.json").exists()
-    assert _scores(run_dirs[0]) == _scores(run_dirs[1])  # same training, same seed
-    _record("concurrent-runs", outcome="both completed", seconds=round(seconds, 1))
+def test_two_runs_at_once_on_one_output_take_turns(concurrent_runs):
+    out, outputs, seconds, api_url = concurrent_runs
+    outcomes = sorted((_outcome(text) for text in outputs), key=lambda o: o["state"])
+    assert [o["state"] for o in outcomes] == ["Completed", "Nothing changed"]
+    assert outcomes[0]["run_id"] == outcomes[1]["run_id"]
+    [run_dir] = (out / "runs").iterdir()  # one run id, one run
+    assert (run_dir / "_COMPLETE.json").exists()
+    assert json.loads((run_dir / "config.json").read_text())["run_id"] == run_dir.name
+    assert not (run_dir / runlease.LEASE).exists()  # released when the flow ended
+    assert _sweep(run_dir)["trials"]
+    for fold in (1, 2):  # fold 0 tunes
+        metrics = run_dir / "folds" / "scratch_cnn-full" / f"fold-{fold}" / "metrics.json"
+        assert json.loads(metrics.read_text())["fold"] == fold
+    assert json.loads((out / "latest.json").read_text())["run_id"] == run_dir.name
+    with api_client(api_url) as client:
+        limit = client.read_global_concurrency_limit_by_name(output_limit(str(out)))
+    assert (limit.limit, limit.active_slots) == (1, 0)
+    _record("concurrent-runs", outcome="took turns", seconds=round(seconds, 1))
 
 
 @pytest.mark.slow
 def test_killed_flow_process_resumes_and_matches_an_uninterrupted_run(concurrent_runs, tmp_path):
     """SIGKILL ``braintl run`` (and the Ray it started) after the sweep's first epoch; the rerun
     takes prepare from the cache, restores the sweep, completes the same run, and scores
-    exactly as the uninterrupted run with the same settings and seed."""
+    exactly as the uninterrupted run with the same settings and seed. The killed run's slot of
+    the output's concurrency limit lapses too (a 60 s lease): the rerun waits for it."""
+    reference_out, _, _, api_url = concurrent_runs
     out, home = tmp_path / "out", tmp_path / "prefect-home"
     gate = tmp_path / "gate"
-    proc, log = _start_run(out, home, pause_at=gate)
+    proc, log = _start_run(out, home, api_url, pause_at=gate)
     try:  # the sweep's trial holds after epoch 1's checkpoint until killed
         _wait_for(lambda: _paused(gate, 1) or proc.poll() is not None, 600, "the sweep's epoch 1")
     finally:
@@ -331,14 +349,13 @@ def test_killed_flow_process_resumes_and_matches_an_uninterrupted_run(concurrent
     time.sleep(max(0.0, lease["until"] - time.time()))  # ... expires; then the run is resumable
 
     started = time.perf_counter()
-    text = _finish(*_start_run(out, home))
+    text = _finish(*_start_run(out, home, api_url))
     seconds = time.perf_counter() - started
     assert f"resuming interrupted run {run_dir.name}" in text
     assert re.search(r"prepare-\w+' - Finished in state Cached", text), text[-4000:]
     assert _sweep(run_dir)["restored"]
     assert json.loads((out / "latest.json").read_text())["run_id"] == run_dir.name
     assert (run_dir / "_COMPLETE.json").exists()
-    reference_out, _, _ = concurrent_runs
     reference = json.loads((reference_out / "latest.json").read_text())
     assert _scores(run_dir) == _scores(Path(reference["run_url"]))
     ours, theirs = (_sweep(d) for d in (run_dir, Path(reference["run_url"])))
@@ -358,11 +375,11 @@ def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
     monkeypatch.setenv(runlease.SECONDS_ENV, "0.4")
     runlease.hold(run.url, owner="a")
     time.sleep(1.0)  # longer than the lease: only the renewals keep it
-    assert runlease.is_held(run)
+    assert runlease.holder(run) == "a"
     runlease.release("a")
-    assert not runlease.is_held(run) and not run.join(runlease.LEASE).exists()
+    assert runlease.holder(run) is None and not run.join(runlease.LEASE).exists()
     run.join(runlease.LEASE).write_json({"owner": "crashed", "until": time.time() - 1})
-    assert not runlease.is_held(run)
+    assert runlease.holder(run) is None
 
 
 # Cross-validation faults: three epochs, so a fold held after epoch 2 still has one to train.

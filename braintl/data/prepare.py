@@ -2,8 +2,9 @@
 
 list → decode, check and hash (one pass, pixels preprocessed on the way) → split →
 augment (only training partitions under ``groups``) → uint8 tensors written once under
-``OUT_URL/cache/<key>/``, where the key is a hash of the data fingerprint and every
-setting that changes the tensors. A second run with the same data and settings decodes
+``OUT_URL/cache/<key>/``, where the key is a hash of the data fingerprint, every setting
+that changes the tensors and the source of ``braintl.data`` (the code that computes them: a
+fixed augmentation builds new tensors). A second run with the same data and settings decodes
 the files to recompute the fingerprint, then reuses the cache instead of rebuilding it.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from braintl.codeversion import PACKAGE, source_hash
 from braintl.data.augment import AugmentConfig, augment_images
 from braintl.data.decode import Decoded, DecodeLimits
 from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
@@ -74,7 +76,10 @@ class DataConfig(BaseModel):
 
     def cache_key(self, fingerprint: str) -> str:
         settings = self.model_dump(exclude={"label_map", *GUARDS})
-        blob = json.dumps({"v": CACHE_VERSION, "data": fingerprint, **settings}, sort_keys=True)
+        code = source_hash(PACKAGE / "data")
+        blob = json.dumps(
+            {"v": CACHE_VERSION, "code": code, "data": fingerprint, **settings}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def provenance(self) -> Provenance:
