@@ -372,9 +372,13 @@ def test_killed_flow_process_resumes_and_matches_an_uninterrupted_run(concurrent
 def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
     """While held (and renewed) a run is taken; released or lapsed, a rerun may resume it."""
     run = resolve(str(tmp_path / "run"))
-    monkeypatch.setenv(runlease.SECONDS_ENV, "0.4")
+    # A lease is time by nature; the margin is what matters. Renewed every 0.75 s, a 3 s lease
+    # lapses only if the renewing thread stalls for 2.25 s (the old 0.4 s lease: 0.3 s, which
+    # a loaded 2-core machine can reach).
+    monkeypatch.setenv(runlease.SECONDS_ENV, "3")
     runlease.hold(run.url, owner="a")
-    time.sleep(1.0)  # longer than the lease: only the renewals keep it
+    first_expiry = run.join(runlease.LEASE).read_json()["until"]
+    time.sleep(max(0.0, first_expiry - time.time()) + 0.5)  # past it: only renewals keep it
     assert runlease.holder(run) == "a"
     runlease.release("a")
     assert runlease.holder(run) is None and not run.join(runlease.LEASE).exists()
