@@ -24,6 +24,7 @@ from statistics import NormalDist
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from braintl import conditional
 from braintl.errors import UserError
 from braintl.metrics import check_predictions, json_safe
 from braintl.storage import COMPLETE_MARKER, resolve
@@ -144,18 +145,34 @@ def read_history(out_url: str) -> list[dict]:
     return [json.loads(line) for line in target.read_bytes().decode().splitlines() if line]
 
 
+class ChampionMoved(RuntimeError):
+    """Another run or command moved the champion after this decision read it: nothing was
+    written, and the decision must be made again against the new champion (a retry does)."""
+
+
 def write_champion(out_url: str, record: dict) -> str:
-    """The one write that moves the champion: append ``record`` to the history, then point
-    ``champion.json`` at it (readers trust champion.json, so it goes last). On S3 an append is
-    a read and a rewrite, so two writers at once could lose a line: this is the one place to
-    make conditional (compare ``sequence``) once leases write that way."""
+    """The one write that moves the champion: ``champion.json`` to ``record``, only if it still
+    holds the record ``record`` replaces (``sequence`` one lower; a conditional write, so two
+    writers at once cannot both win and the champion never moves backwards), then ``record``
+    appended to the history (read, append, conditional rewrite, again if another writer came
+    in between). A process that dies between the two leaves the history one line short."""
     out = resolve(out_url)
-    line = json.dumps(json_safe(record), sort_keys=True) + "\n"
-    history = out.join(HISTORY)
-    before = history.read_bytes() if history.exists() else b""
-    history.write_bytes(before + line.encode())
+    replaced = record["sequence"] - 1
+
+    def still_replaced(current: bytes | None) -> bool:
+        found = json.loads(current)["sequence"] if current else 0
+        if found != replaced:
+            raise ChampionMoved(
+                f"{out.join(CHAMPION).url}: the champion moved to change {found} while this "
+                f"decision was based on change {replaced}; nothing written, decide again"
+            )
+        return True
+
     target = out.join(CHAMPION)
-    target.write_json(json_safe(record))
+    data = json.dumps(json_safe(record), indent=2, sort_keys=True).encode()
+    conditional.update(target, data, still_replaced)
+    line = json.dumps(json_safe(record), sort_keys=True) + "\n"
+    conditional.append(out.join(HISTORY), line.encode())
     return target.url
 
 

@@ -96,6 +96,19 @@ def update(location: Location, data: bytes, replaces: Callable[[bytes | None], b
             continue
 
 
+def append(location: Location, data: bytes) -> None:
+    """Add ``data`` at the end (S3 has no append): read, write old bytes and ``data`` only if
+    nothing changed since the read, again whenever another writer came in between."""
+    while True:
+        current = read(location)
+        try:
+            before, version = (b"", None) if current is None else (current.data, current.version)
+            write(location, before + data, version)
+            return
+        except ConditionFailed:
+            continue
+
+
 def unsupported(location: Location) -> str | None:
     """Why conditional writes at ``location`` cannot be trusted, or None when they can.
 

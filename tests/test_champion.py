@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from concurrency import race
 
 from braintl.champion import (
+    ChampionMoved,
     ChampionRule,
     Scored,
     decide,
@@ -17,6 +19,7 @@ from braintl.champion import (
     write_champion,
 )
 from braintl.errors import UserError
+from braintl.metrics import json_safe
 
 RULE = ChampionRule()
 # 40 source scans (20 tumor), each with a copy: 80 test images in 40 groups.
@@ -160,6 +163,23 @@ def test_history_and_rollbacks_walk_back_the_chain(out_url):
     ]
     assert [r["sequence"] for r in history] == [1, 2, 3, 4, 5]
     assert [r["previous"] for r in history] == [None, "a", "b", "a", None]
+
+
+def test_of_writers_deciding_against_one_champion_exactly_one_moves_it(out_url):
+    """Six challengers decided against champion "a" at once: one replaces it, the others find
+    it moved and write nothing (they must decide again), and the history gains one line."""
+    write_champion(out_url, new_record(_run("a"), "rule", "first", {}, None))
+    current = read_champion(out_url)
+    records = [new_record(_run(f"c{i}"), "rule", "won", {}, current) for i in range(6)]
+    outcomes = race(6, lambda i: write_champion(out_url, records[i]))
+    winners = [i for i, o in enumerate(outcomes) if not isinstance(o, Exception)]
+    assert len(winners) == 1, outcomes
+    assert all(isinstance(o, ChampionMoved) for o in outcomes if isinstance(o, Exception))
+    assert read_champion(out_url) == json_safe(records[winners[0]])
+    assert [r["run_id"] for r in read_history(out_url)] == ["a", f"c{winners[0]}"]
+    stale = new_record(_run("late"), "rule", "won", {}, current)  # decided before the move
+    with pytest.raises(ChampionMoved, match="decide again"):
+        write_champion(out_url, stale)
 
 
 def test_the_rule_is_a_run_parameter_outside_the_run_key():

@@ -8,11 +8,11 @@ import json
 import random
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from concurrency import race
 from faults import TcpProxy, strip_conditions
 
 from braintl import conditional, runlease
@@ -29,26 +29,6 @@ def out_url(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "out")
     return f"{request.getfixturevalue('s3_bucket')}/out"
-
-
-def race(contenders: int, attempt) -> list:
-    """Start ``attempt(i)`` in ``contenders`` threads at once; their results (exceptions too)."""
-    barrier = threading.Barrier(contenders)
-    outcomes: list = [None] * contenders
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            outcomes[i] = attempt(i)
-        except Exception as exc:  # noqa: BLE001 - the outcome under test
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(contenders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcomes
 
 
 def test_of_threads_racing_for_one_lease_exactly_one_wins(out_url):
