@@ -542,8 +542,10 @@ def _retrain(params: RetrainParams) -> dict | State:
     return record
 
 
-# The nightly deployment's flow: a failed night is retried once, finished stages coming from the
-# cache; its timeout keeps both attempts within a day, so a hung night never blocks the next.
+# The nightly deployment's flow: a failed night is retried once, a minute later (time for a lost
+# node to be replaced), finished stages coming from the cache; its timeout keeps both attempts
+# within a day, so a hung night never blocks the next. Prefect's flow retries take no condition,
+# so a user's mistake fails twice, a minute apart; the failure alert waits for the second.
 nightly_retrain = retrain.with_options(
-    retries=1, retry_delay_seconds=600, timeout_seconds=NIGHTLY_TIMEOUT_S
+    retries=1, retry_delay_seconds=60, timeout_seconds=NIGHTLY_TIMEOUT_S
 )
