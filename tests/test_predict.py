@@ -43,7 +43,7 @@ def test_predict_gives_the_probabilities_of_the_runs_evaluation(retrained, capsy
     for part in ("val", "test"):
         for index, prob in zip(evaluation[part]["index"], evaluation[part]["prob"], strict=True):
             expected[str(retrained.data / files[index])] = prob
-    assert len(expected) == 20  # 12 validation + 8 test images
+    assert len(expected) == 16  # 8 validation (a third of 24) + 8 test images
     out = _predict_json(capsys, *expected, "--model", retrained.record["run_url"])
     assert out["model"] == retrained.record["model"]
     assert out["unreadable"] == []
