@@ -56,7 +56,6 @@ def check_data_size(
     n_images: int,
     image_size: int,
     augment_ratio: float,
-    max_images: int,
     memory_budget_gb: float | None,
     where: str,
 ) -> None:
@@ -67,12 +66,6 @@ def check_data_size(
     the copies preparing holds at once. ``memory_budget_gb`` None means half this machine's
     memory (:func:`machine_memory`).
     """
-    if n_images > max_images:
-        raise UserError(
-            f"{where}: {n_images} images listed, over max_images={max_images}. Check that "
-            "DATA_URL points at the data set and not a whole bucket; for a set this large "
-            f"raise max_images (--max-images {n_images})."
-        )
     total = math.ceil(n_images * augment_ratio)
     tensor_bytes = total * 3 * image_size * image_size
     peak = tensor_bytes * PREPARE_COPIES

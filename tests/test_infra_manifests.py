@@ -421,3 +421,31 @@ def test_docker_pool_fixes_privileged_and_volumes_and_limits_memory():
     assert not {"privileged", "volumes"} & set(variables)  # no deployment can set them
     assert config["mem_limit"] == "{{ mem_limit }}" and variables["mem_limit"]["default"]
     assert variables["memswap_limit"]["default"] == variables["mem_limit"]["default"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "fixed"),
+    [
+        (
+            "docker",
+            {"privileged": True, "volumes": ["/:/host"]},
+            {"privileged": False, "volumes": []},
+        ),
+        ("kubernetes", {"service_account_name": "prefect-worker"}, {}),
+    ],
+)
+def test_job_variables_a_deployment_sets_cannot_undo_the_fixed_settings(kind, overrides, fixed):
+    """Prefect renders a job from the template's placeholders only: fixed values stay fixed."""
+    from prefect.utilities.templating import apply_values
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads((POOLS / f"{kind}.json").read_text())
+    defaults = BaseJobConfiguration._get_base_config_defaults(template["variables"]["properties"])
+    job = apply_values(template["job_configuration"], defaults | overrides)
+    assert {key: job[key] for key in fixed} == fixed
+    if kind == "docker":
+        assert job["mem_limit"] == "32g"
+    else:
+        pod = job["job_manifest"]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "braintl-flow"
+        assert pod["containers"][0]["resources"]["limits"]["memory"] == "32Gi"

@@ -74,10 +74,10 @@ def test_default_budget_is_half_this_machine():
     memory = machine_memory()
     assert 0 < memory <= 1 << 50
     # The real set in the paper profile (253 scans, 224 px, augmented ×8.2) needs < 1 GB.
-    check_data_size(253, 224, 2062 / 251, 100_000, None, "real set")
+    check_data_size(253, 224, 2062 / 251, None, "real set")
     # A nightly bucket grown to 100 000 scans would need about 370 GB: refused at once.
     with pytest.raises(UserError, match=rf"half of this machine's {memory / GB:.1f} GB"):
-        check_data_size(100_000, 224, 2062 / 251, 100_000, None, "s3://bucket/scans")
+        check_data_size(100_000, 224, 2062 / 251, None, "s3://bucket/scans")
 
 
 def test_cli_flags_reach_the_guard(phantom_dir, tmp_path, capsys):

@@ -109,7 +109,6 @@ def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np
         len(listing.images),
         config.preprocess.image_size,
         augment_ratio,
-        config.max_images,
         config.memory_budget_gb,
         listing.root,
     )
