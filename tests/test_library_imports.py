@@ -3,6 +3,7 @@ prepares data, trains and scores a model (the orchestration layers are the only 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -76,3 +77,91 @@ def test_blocking_works():
     script = SCRIPT.split("import braintl.data")[0] + "import ray\n"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode != 0 and "blocked by the test" in proc.stderr
+
+
+PACKAGES = ("braintl", "flows", "tasks")
+CLI = ("braintl.cli", "braintl.commands")
+# Who may not import whom: the design's layers (docs/design.md), the CLI on top.
+FORBIDDEN = {
+    "braintl": CLI + ("flows", "tasks"),
+    "tasks": CLI + ("flows",),
+    "flows": CLI,
+}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.with_suffix("").relative_to(REPO).parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the project modules it imports anywhere in its text (inside functions and
+    ``if TYPE_CHECKING`` too: a lazy import hides a cycle, it does not remove it).
+    ``from package import name`` counts as importing ``package.name`` when that is a module."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    imported.add(sub if sub in modules else node.module)
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "braintl.training.features" in graph["braintl.training.evaluate"]  # the scan works
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]  # and so does the check
+    assert cycles(graph) == []
+
+
+def test_layers_import_only_those_below():
+    """The library imports no CLI, flow or task; tasks no flow; neither the CLI (a task that
+    needs a CLI helper means the helper belongs in the library)."""
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in import_graph().items()
+        if not module.startswith(CLI)
+        for target in targets
+        for layer, forbidden in FORBIDDEN.items()
+        if module.split(".")[0] == layer and target.startswith(forbidden)
+    ]
+    assert wrong == []

@@ -21,7 +21,7 @@ from braintl.training import (
     predict_proba,
     train,
 )
-from braintl.training.evaluate import predict_logits
+from braintl.training.inference import predict_logits
 
 
 def blob_tensors(n=96, size=32, seed=0, noise_labels=False) -> TensorSet:
