@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 APPLY = REPO / "deployments" / "apply.py"
@@ -32,12 +33,6 @@ TINY = {
     "sweep": {"num_samples": 1},
 }
 TIMEZONE = "Europe/Berlin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prefect(*args: str, env: dict[str, str], timeout: float = 180) -> str:

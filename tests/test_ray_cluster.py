@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from prefect_services import TINY, api_client, free_port, wait_for_final_state
+from prefect_services import TINY, api_client, wait_for_final_state
+from support import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Ray's state API, read in a child process that carries the cluster's token (the test process

@@ -1,0 +1,40 @@
+"""What the tests share: a free port on 127.0.0.1 and the small retrain run's parameters."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.retrain import RetrainParams
+
+# The smallest run that goes through the whole flow: one trial per model, three folds (fold 0
+# tunes, two are scored) of 32 px images, a quarter of the groups held out for testing.
+SMALL_RUN = {
+    "profile": "quick",
+    "backbones": ["scratch_cnn"],
+    "image_size": 32,
+    "epochs": 2,
+    "folds": 3,
+    "test_fraction": 0.25,
+    "sweep": {"num_samples": 1},
+}
+# Two models, so the report and champion have a comparison to make.
+TWO_MODELS = {"backbones": ["scratch_cnn", "mobilenet_v2"], "strategies": ["frozen"]}
+
+
+def small_params(data_url: str | Path, out_url: str | Path, **fields: Any) -> RetrainParams:
+    """``SMALL_RUN`` from ``data_url`` into ``out_url``, ``fields`` overriding it."""
+    from flows.retrain import RetrainParams  # Prefect: imported by the tests that run the flow
+
+    return RetrainParams(
+        **{**SMALL_RUN, "data_url": str(data_url), "out_url": str(out_url), **fields}
+    )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS's pick, so parallel sessions do not collide)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
