@@ -1,8 +1,12 @@
-"""What the tests share: a free port on 127.0.0.1 and the small retrain run's parameters."""
+"""What the tests share: a free port on 127.0.0.1, waiting for a server started there, and the
+small retrain run's parameters."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,3 +42,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:``port`` (OSError: not yet)."""
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
+
+
+def wait_until_up(
+    what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float
+) -> None:
+    """Until ``ready()`` holds (an OSError from it means not yet); fails with the end of the
+    server's ``log`` when its process exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not up in {timeout} s:\n{log.read_text()[-3000:]}")
