@@ -1,10 +1,12 @@
-"""What the tests share: a free port on 127.0.0.1, waiting for a server started there, and the
-small retrain run's parameters."""
+"""What the tests share: a free port on 127.0.0.1, waiting for a server started there, a fresh
+interpreter on this checkout, and the small retrain run's parameters."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flows.retrain import RetrainParams
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The smallest run that goes through the whole flow: one trial per model, three folds (fold 0
 # tunes, two are scored) of 32 px images, a quarter of the groups held out for testing.
@@ -66,3 +70,15 @@ def wait_until_up(
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{what} not up in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def run_python(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a fresh interpreter that imports this checkout, output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO, run_python
+
 BLOCKED = ("prefect", "ray", "s3fs")
 
 # Runs in a fresh interpreter whose import system refuses the orchestration packages, as if
@@ -55,14 +55,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_library_trains_without_prefect_ray_or_s3fs(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_python(["-c", SCRIPT, str(tmp_path)], cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["loaded"] == []
