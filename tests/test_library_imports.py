@@ -4,15 +4,18 @@ prepares data, trains and scores a model (the orchestration layers are the only 
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+import tomllib
 
 from support import REPO, run_python
 
 BLOCKED = ("prefect", "ray", "s3fs")
+PYPROJECT = REPO / "pyproject.toml"
 
 # Runs in a fresh interpreter whose import system refuses the orchestration packages, as if
 # they were not installed.
@@ -82,12 +85,15 @@ FORBIDDEN = {
 }
 
 
-def _modules() -> dict[str, Path]:
+@functools.cache
+def _modules() -> dict[str, ast.Module]:
+    """Every module of the three packages by dotted name, parsed (once per session)."""
     modules = {}
     for package in PACKAGES:
         for path in (REPO / package).rglob("*.py"):
             parts = path.with_suffix("").relative_to(REPO).parts
-            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = ast.parse(path.read_text())
     return modules
 
 
@@ -97,9 +103,9 @@ def import_graph() -> dict[str, set[str]]:
     ``from package import name`` counts as importing ``package.name`` when that is a module."""
     modules = _modules()
     graph = {}
-    for name, path in modules.items():
+    for name, tree in modules.items():
         imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -158,3 +164,36 @@ def test_layers_import_only_those_below():
         if module.split(".")[0] == layer and target.startswith(forbidden)
     ]
     assert wrong == []
+
+
+# Imported but deliberately not declared: botocore comes with s3fs[boto3] and is imported only
+# to recognise its connection errors, inside ``except ImportError``.
+UNDECLARED = {"botocore"}
+# Import names that are not their distribution's name (the rest are, "_" read as "-").
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+
+
+def _distribution_name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_package_the_code_imports_is_declared():
+    """pyproject's dependencies name every package that braintl, flows and tasks import, so a
+    fresh install has them all (not by luck, because another package pulls them in)."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    declared = {_distribution_name(r) for r in project["dependencies"]}
+    imported = set()
+    for tree in _modules().values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - set(PACKAGES) - UNDECLARED
+    assert {"torch", "prefect", "PIL"} <= third_party  # the scan sees imports
+    missing = sorted(
+        name
+        for name in third_party
+        if _distribution_name(DISTRIBUTION.get(name, name)) not in declared
+    )
+    assert missing == [], f"imported but not in pyproject.toml's dependencies: {missing}"
