@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from braintl import progress
 from braintl.cli import build_parser, main
 from braintl.commands.progress import ProgressDisplay
-from braintl.commands.run import params_from_args
+from braintl.commands.run import params_from_args, prefect_console
 from braintl.data.phantoms import write_phantom_dataset
 from flows.retrain import RetrainParams
 
@@ -104,6 +105,20 @@ def test_progress_display_draws_what_the_flow_reports(stream):
         lines = [line.split("] ", 1)[1] for line in text.splitlines()]
         assert lines == [f"trials random-init: {n}/2" for n in range(3)] + ["folds: 0/4"]
         assert "\r" not in text and "\x1b" not in text
+
+
+def test_prefect_info_lines_leave_the_terminal_unless_verbose():
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    console = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    assert console, "Prefect's console handler is not set up"
+    before = [h.level for h in console]
+    with prefect_console(verbose=False):
+        quiet = [max(level, logging.WARNING) for level in before]
+        assert [h.level for h in console] == quiet
+    with prefect_console(verbose=True):
+        assert [h.level for h in console] == before
+    assert [h.level for h in console] == before  # restored for whatever runs next
 
 
 @pytest.mark.usefixtures("prefect_server")
