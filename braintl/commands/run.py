@@ -197,11 +197,8 @@ def run_flow(args: argparse.Namespace) -> int:
         print(f"braintl run: {data} → {params.out_url}, profile {params.profile}, {models}")
     start = time.perf_counter()
     display = ProgressDisplay(sys.stderr)
-    with prefect_console(args.verbose), progress.listening(display):
-        try:
-            state = retrain(params, return_state=True)
-        finally:
-            display.close()
+    with prefect_console(args.verbose), progress.listening(display), contextlib.closing(display):
+        state = retrain(params, return_state=True)
     seconds = time.perf_counter() - start
     if not state.is_completed():
         print(f"braintl: the retrain flow ended {state.name}: {state.message}", file=sys.stderr)
