@@ -15,7 +15,7 @@ import pytest
 
 from braintl import progress
 from braintl.cli import build_parser, main
-from braintl.commands.progress import ProgressDisplay
+from braintl.commands.progress import ProgressDisplay, drawable
 from braintl.commands.run import params_from_args, prefect_console
 from braintl.data.phantoms import write_phantom_dataset
 from flows.retrain import RetrainParams
@@ -84,14 +84,11 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"braintl {__version__}"
 
 
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.mark.parametrize("stream", [io.StringIO(), Terminal()], ids=["pipe", "terminal"])
-def test_progress_display_draws_what_the_flow_reports(stream):
-    display = ProgressDisplay(stream)
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+def test_progress_display_draws_what_the_flow_reports(terminal):
+    stream = io.StringIO()
+    assert not drawable(stream)  # no terminal behind it: plain lines unless told otherwise
+    display = ProgressDisplay(stream, terminal)
     with progress.listening(display):
         for done in (0, 1, 1, 2):  # a repeated report (the sweep's last, then the flow's) once
             progress.report("trials random-init", done, 2)
@@ -99,7 +96,7 @@ def test_progress_display_draws_what_the_flow_reports(stream):
     progress.report("folds", 1, 4)  # nobody listens any more: no effect, no error
     display.close()
     text = stream.getvalue()
-    if isinstance(stream, Terminal):
+    if terminal:
         assert "\r" in text and "trials random-init: 2/2" in text and "folds: 0/4" in text
     else:
         lines = [line.split("] ", 1)[1] for line in text.splitlines()]

@@ -3,6 +3,7 @@ where the output is a file, a pipe or CI's log (no carriage returns or escape co
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TextIO
@@ -10,13 +11,22 @@ from typing import TextIO
 from tqdm import tqdm
 
 
+def drawable(stream: TextIO) -> bool:
+    """A terminal with a width. A pseudo-terminal of width 0 (script(1) without a terminal,
+    some CI runners) shows no bar at all: plain lines there."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation), or closed
+        return False
+
+
 class ProgressDisplay:
     """A :mod:`braintl.progress` listener: trials and folds done out of their total, with the
     time since the display started."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, terminal: bool | None = None):
         self.stream = stream
-        self.terminal = stream.isatty()
+        self.terminal = drawable(stream) if terminal is None else terminal
         self.started = time.monotonic()
         self.bars: dict[str, tqdm] = {}
         self.shown: dict[str, tuple[int, int]] = {}
