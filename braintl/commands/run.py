@@ -137,6 +137,9 @@ def start_ephemeral_prefect() -> threading.Thread | None:
     """Start Prefect's ephemeral server in the background; None with a server configured.
     ``braintl run`` calls it before importing anything heavy, so the server's ~7 s start
     overlaps the ~7 s of importing torch, Ray and the flow. Once per process."""
+    # Prefect reads its settings once, at import: its 20 s start-up limit is too short for a
+    # busy machine (the server then fails the run), so give the throwaway server two minutes.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
@@ -145,7 +148,9 @@ def start_ephemeral_prefect() -> threading.Thread | None:
 
     # The temporary server's telemetry heartbeat fails offline and logs a traceback ("database
     # is locked") into a successful run's output; a throwaway server has nothing to report.
+    # The same goes for the client's telemetry and its first-run notice on a terminal.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
 
     def start() -> None:
         with contextlib.suppress(Exception):  # the flow call starts it again and reports why
