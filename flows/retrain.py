@@ -68,6 +68,7 @@ from tasks.results import (
     write_results,
     write_run_file,
 )
+from tasks.results_storage import shared_results
 from tasks.training import sweep, train_fold
 
 BACKBONES = ("mobilenet_v2", "vgg16", "resnet50", "xception", "scratch_cnn")
@@ -395,10 +396,12 @@ def _retrain(params: RetrainParams) -> dict | State:
         stages[stage] = round(time.perf_counter() - clock, 2)
         clock = time.perf_counter()
 
+    shared = shared_results(params.out_url)  # the cached stages keep results in OUT/.prefect
     data_url = data_source(params.data_url, params.out_url)
     data_config = params.data_config()
     inputs = (data_url, params.out_url, data_config, snapshot(data_url, params.manifest_url))
-    prepare = prepare_data.with_options(timeout_seconds=params.timeouts.prepare(data_config))
+    prepare_timeout = params.timeouts.prepare(data_config)
+    prepare = prepare_data.with_options(timeout_seconds=prepare_timeout, **shared)
     prepared = prepare(*inputs)
     tensors_marker = resolve(prepared["tensors_url"]).join(COMPLETE_MARKER).url
     if not all_exist([tensors_marker]):  # a cached record, its files deleted
@@ -447,6 +450,7 @@ def _retrain(params: RetrainParams) -> dict | State:
             task_run_name=f"sweep-{name}",
             refresh_cache=params.force,
             timeout_seconds=_training_timeout(params, "sweep", images, trials),
+            **shared,
         )(
             tensors_url,
             pairs,
@@ -470,7 +474,8 @@ def _retrain(params: RetrainParams) -> dict | State:
     def submit(config: dict, fold: int, refresh: bool) -> PrefectFuture:
         name = f"{config['backbone']}-{config['strategy']}"
         run_name = f"cv-{name}-fold-{fold}"
-        return train_fold.with_options(task_run_name=run_name, refresh_cache=refresh).submit(
+        options = {"task_run_name": run_name, "refresh_cache": refresh, **shared}
+        return train_fold.with_options(**options).submit(
             tensors_url,
             config,
             fold,
