@@ -33,6 +33,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Completed, State
+from prefect.task_engine import TaskRunTimeoutError
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -51,7 +52,7 @@ from braintl.models.registry import get_entry
 from braintl.results import METRICS, TUNING_FOLD, cv_plan, to_markdown
 from braintl.runinfo import environment
 from braintl.storage import COMPLETE_MARKER, resolve
-from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts
+from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts, expired
 from braintl.tuning import SweepConfig
 from braintl.urls import credentials_problem, inside_problem
 from tasks.champion import challenge_champion
@@ -446,20 +447,25 @@ def _retrain(params: RetrainParams) -> dict | State:
             continue
         name = {"imagenet": "pretrained", "none": "random-init"}.get(weights, "custom-weights")
         trials = len(pairs) * params.sweep.num_samples
-        swept = sweep.with_options(
-            task_run_name=f"sweep-{name}",
-            refresh_cache=params.force,
-            timeout_seconds=_training_timeout(params, "sweep", images, trials),
-            **shared,
-        )(
-            tensors_url,
-            pairs,
-            params.base_train_config(weights),
-            params.sweep,
-            run.join("sweep").url,
-            name,
-            params.ray_address,
-        )
+        timeout = _training_timeout(params, "sweep", images, trials)
+        try:
+            swept = sweep.with_options(
+                task_run_name=f"sweep-{name}",
+                refresh_cache=params.force,
+                timeout_seconds=timeout,
+                **shared,
+            )(
+                tensors_url,
+                pairs,
+                params.base_train_config(weights),
+                params.sweep,
+                run.join("sweep").url,
+                name,
+                params.ray_address,
+            )
+        except TaskRunTimeoutError as exc:  # Prefect's message names neither stage nor setting
+            what = f"sweep {name} ({trials} trials, {run.join('sweep', name).url})"
+            raise expired("sweep", timeout, what) from exc
         best |= swept["best"]
         sweeps[name] = swept
         lap(f"sweep-{name}")
