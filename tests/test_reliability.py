@@ -467,10 +467,10 @@ def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_a_hung_sweep_times_out_cleanly_and_the_next_run_resumes(tmp_path, monkeypatch):
-    """The sweep's trial holds after epoch 1 and never goes on: with a 45 s sweep timeout the
-    run fails naming the stage and the setting, its lease is released and neither latest.json
-    nor champion.json is written; the next run resumes that run and completes, and both name
-    it."""
+    """The sweep's trial holds after epoch 1 and never goes on: with a 90 s sweep timeout (time
+    for Ray and the trial to reach the hold on a busy machine) the run fails naming the stage
+    and the setting, its lease is released and neither latest.json nor champion.json is
+    written; the next run resumes that run and completes, and both name it."""
     out = tmp_path / "out"
     params = RetrainParams(out_url=str(out), **TINY)
     hold = tmp_path / "hold"
@@ -478,7 +478,7 @@ def test_a_hung_sweep_times_out_cleanly_and_the_next_run_resumes(tmp_path, monke
     monkeypatch.setenv(pause.PAUSE_ENV, f"1:{hold}")
     monkeypatch.setenv(pause.ONLY_ENV, "/sweep/")
     started = time.perf_counter()
-    hung = retrain(params.model_copy(update={"timeouts": Timeouts(sweep_s=45)}), return_state=True)
+    hung = retrain(params.model_copy(update={"timeouts": Timeouts(sweep_s=90)}), return_state=True)
     timed_out_s = time.perf_counter() - started
     assert hung.is_failed()
     assert "sweep timed out: sweep random-init" in hung.message, hung.message
@@ -488,7 +488,7 @@ def test_a_hung_sweep_times_out_cleanly_and_the_next_run_resumes(tmp_path, monke
     assert not (run_dir / runlease.LEASE).exists() and not (run_dir / "_COMPLETE.json").exists()
     assert not (out / "latest.json").exists() and not (out / "champion.json").exists()
     _record(
-        "hung-sweep-timeout-45s", outcome="failed cleanly", failed_after_s=round(timed_out_s, 1)
+        "hung-sweep-timeout-90s", outcome="failed cleanly", failed_after_s=round(timed_out_s, 1)
     )
 
     ray.shutdown()  # as the failed flow run's process exits: the held trial ends with it
