@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from braintl import runlease
 from braintl.champion import (
     ChampionRule,
     Scored,
@@ -62,13 +63,16 @@ def challenge(run_url: str, out_url: str, rule: ChampionRule) -> dict:
     """Decide whether the model of the completed run at ``run_url`` becomes the champion under
     ``out_url``, move the champion when it does, and record the decision in the run
     (``challenge.json``, ``run.json``, ``report/report.json``). A run challenges once: asked
-    again (a retried flow), it returns its recorded decision."""
+    again (a retried flow), it returns its recorded decision. Like every result write, moving
+    the champion and recording the decision need the run's lease (:func:`runlease.confirm`):
+    a run taken over by another writes neither."""
     run = resolve(run_url)
     if run.join(CHALLENGE_FILE).exists():
         return run.join(CHALLENGE_FILE).read_json()
     candidate = load_model(run.join(MODEL_DIR).url)
     info = candidate.info
     current = read_champion(out_url)
+    promotion = None
     if current is not None and current["run_id"] == info["run_id"]:
         # A try that promoted this run stopped before recording it: record that promotion.
         decision = {"promote": True, "reason": current["reason"], "evidence": current["evidence"]}
@@ -83,8 +87,10 @@ def challenge(run_url: str, out_url: str, rule: ChampionRule) -> dict:
             entry = {"model": candidate.url} | {
                 k: info[k] for k in ("run_id", "run_url", "fingerprint")
             }
-            record = new_record(entry, "rule", decision["reason"], decision["evidence"], current)
-            write_champion(out_url, record)
+            promotion = new_record(entry, "rule", decision["reason"], decision["evidence"], current)
+    runlease.confirm(run_url)  # scoring took a while: is the run still this process's?
+    if promotion is not None:
+        write_champion(out_url, promotion)
     decision = json_safe(  # undefined scores (NaN) become null
         decision
         | {

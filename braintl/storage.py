@@ -26,7 +26,9 @@ class StorageError(UserError):
     """Storage could not be reached or read; the message names the URL and the fix."""
 
 
-def _storage_options(protocol: str) -> dict[str, Any]:
+def storage_options(protocol: str) -> dict[str, Any]:
+    """fsspec options of ``protocol``: an S3 endpoint from the environment, never credentials
+    (each process's S3 client finds those in its own environment)."""
     if protocol in ("s3", "s3a"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         options: dict[str, Any] = {}
@@ -157,7 +159,7 @@ def resolve(url: str | os.PathLike[str]) -> Location:
     protocol, _ = fsspec.core.split_protocol(url)
     protocol = protocol or "file"
     try:
-        fs = fsspec.filesystem(protocol, **_storage_options(protocol))
+        fs = fsspec.filesystem(protocol, **storage_options(protocol))
     except ImportError as exc:
         raise StorageError(
             f"{url}: the {protocol!r} protocol needs a package that is not installed ({exc}). "

@@ -33,6 +33,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Completed, State
+from prefect.task_engine import TaskRunTimeoutError
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -51,7 +52,7 @@ from braintl.models.registry import get_entry
 from braintl.results import METRICS, TUNING_FOLD, cv_plan, to_markdown
 from braintl.runinfo import environment
 from braintl.storage import COMPLETE_MARKER, resolve
-from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts
+from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts, expired
 from braintl.tuning import SweepConfig
 from braintl.urls import credentials_problem, inside_problem
 from tasks.champion import challenge_champion
@@ -68,6 +69,7 @@ from tasks.results import (
     write_results,
     write_run_file,
 )
+from tasks.results_storage import shared_results
 from tasks.training import sweep, train_fold
 
 BACKBONES = ("mobilenet_v2", "vgg16", "resnet50", "xception", "scratch_cnn")
@@ -395,10 +397,12 @@ def _retrain(params: RetrainParams) -> dict | State:
         stages[stage] = round(time.perf_counter() - clock, 2)
         clock = time.perf_counter()
 
+    shared = shared_results(params.out_url)  # the cached stages keep results in OUT/.prefect
     data_url = data_source(params.data_url, params.out_url)
     data_config = params.data_config()
     inputs = (data_url, params.out_url, data_config, snapshot(data_url, params.manifest_url))
-    prepare = prepare_data.with_options(timeout_seconds=params.timeouts.prepare(data_config))
+    prepare_timeout = params.timeouts.prepare(data_config)
+    prepare = prepare_data.with_options(timeout_seconds=prepare_timeout, **shared)
     prepared = prepare(*inputs)
     tensors_marker = resolve(prepared["tensors_url"]).join(COMPLETE_MARKER).url
     if not all_exist([tensors_marker]):  # a cached record, its files deleted
@@ -443,20 +447,26 @@ def _retrain(params: RetrainParams) -> dict | State:
             continue
         name = {"imagenet": "pretrained", "none": "random-init"}.get(weights, "custom-weights")
         trials = len(pairs) * params.sweep.num_samples
+        timeout = _training_timeout(params, "sweep", images, trials)
         progress.report(f"trials {name}", 0, trials)
-        swept = sweep.with_options(
-            task_run_name=f"sweep-{name}",
-            refresh_cache=params.force,
-            timeout_seconds=_training_timeout(params, "sweep", images, trials),
-        )(
-            tensors_url,
-            pairs,
-            params.base_train_config(weights),
-            params.sweep,
-            run.join("sweep").url,
-            name,
-            params.ray_address,
-        )
+        try:
+            swept = sweep.with_options(
+                task_run_name=f"sweep-{name}",
+                refresh_cache=params.force,
+                timeout_seconds=timeout,
+                **shared,
+            )(
+                tensors_url,
+                pairs,
+                params.base_train_config(weights),
+                params.sweep,
+                run.join("sweep").url,
+                name,
+                params.ray_address,
+            )
+        except TaskRunTimeoutError as exc:  # Prefect's message names neither stage nor setting
+            what = f"sweep {name} ({trials} trials, {run.join('sweep', name).url})"
+            raise expired("sweep", timeout, what) from exc
         progress.report(f"trials {name}", len(swept["trials"]), trials)  # cached ones too
         best |= swept["best"]
         sweeps[name] = swept
@@ -472,7 +482,8 @@ def _retrain(params: RetrainParams) -> dict | State:
     def submit(config: dict, fold: int, refresh: bool) -> PrefectFuture:
         name = f"{config['backbone']}-{config['strategy']}"
         run_name = f"cv-{name}-fold-{fold}"
-        return train_fold.with_options(task_run_name=run_name, refresh_cache=refresh).submit(
+        options = {"task_run_name": run_name, "refresh_cache": refresh, **shared}
+        return train_fold.with_options(**options).submit(
             tensors_url,
             config,
             fold,

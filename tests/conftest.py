@@ -67,8 +67,9 @@ def tensors_url(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    """A temporary Prefect server and database per test module, its results (the task cache)
-    under a temporary home; a generous start-up time, as Ray and training keep the CPUs busy."""
+    """A temporary Prefect server and database per test module under a temporary home (the
+    task cache lives with each run's output); a generous start-up time, as Ray and training
+    keep the CPUs busy."""
     from temporary_prefect import temporary_prefect
 
     with temporary_prefect(tmp_path_factory.mktemp("prefect")):

@@ -1,6 +1,6 @@
-"""In-process flow runs against a temporary Prefect server: its database and results (the task
-cache) under a home of the test's, with a generous start-up time, as Ray and training keep the
-CPUs busy."""
+"""In-process flow runs against a temporary Prefect server: its database under a home of the
+test's (the task cache lives with each run's output, under OUT/.prefect), with a generous
+start-up time, as Ray and training keep the CPUs busy."""
 
 from __future__ import annotations
 

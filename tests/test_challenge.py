@@ -6,8 +6,11 @@ challenged through the flow's task under a real Prefect server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from small_run import small_run
 from temporary_prefect import temporary_prefect
 
+from braintl import runlease
 from braintl.challenge import challenge
 from braintl.champion import ChampionRule, read_champion, read_history
 from braintl.cli import main
@@ -97,6 +101,16 @@ def challenge_flow(run_url: str, out_url: str) -> dict:
     return challenge_champion(run_url, out_url, RULE)
 
 
+@contextlib.contextmanager
+def leased(run_url: str, owner: str = "challenge-test") -> Iterator[None]:
+    """The run's lease held, as the flow holds it while its run challenges the champion."""
+    runlease.hold(run_url, owner)
+    try:
+        yield
+    finally:
+        runlease.release(owner)
+
+
 def _artifact(state) -> tuple[str, str]:
     flow_run_id = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
     with get_client(sync_client=True) as client:
@@ -123,7 +137,8 @@ def contest(retrained, tmp_path_factory) -> Contest:
     with temporary_prefect(root / "prefect"):
         for name, degraded in (("weak", True), ("good", False), ("worse", True)):
             runs[name] = _candidate(retrained.record, out, f"run-{name}", degraded)
-            state = challenge_flow(runs[name]["run_url"], str(out), return_state=True)
+            with leased(runs[name]["run_url"]):
+                state = challenge_flow(runs[name]["run_url"], str(out), return_state=True)
             assert state.is_completed(), state.message
             decisions[name] = state.result()
             artifacts[name] = _artifact(state)
@@ -210,7 +225,8 @@ def test_a_retried_challenge_records_its_promotion_once_and_the_report_keeps_it(
     good = resolve(out).join("runs", "run-good")
     recorded = good.join("challenge.json").read_json()
     good.fs.rm(good.join("challenge.json").path)
-    again = challenge(good.url, out, RULE)
+    with leased(good.url):
+        again = challenge(good.url, out, RULE)
     assert again["promote"] and again["champion_before"] == "run-weak"
     assert again["evidence"] == recorded["evidence"]
     assert [r["run_id"] for r in read_history(out)] == ["run-weak", "run-good"]
@@ -219,3 +235,20 @@ def test_a_retried_challenge_records_its_promotion_once_and_the_report_keeps_it(
     assert main(["report", good.url, "--json"]) == 0
     capsys.readouterr()
     assert good.join("report", "report.json").read_json()["champion"] == again
+
+
+def test_a_run_that_lost_its_lease_moves_no_champion(contest, retrained, tmp_path):
+    """A candidate as good as the champion (its very model), whose lease another run took over
+    while it was being scored: the challenge fails naming the lost lease, and the champion,
+    its history and the run's record stay as they were."""
+    out = tmp_path / "out"
+    shutil.copytree(contest.out, out)
+    run_url = _candidate(retrained.record, out, "run-taken-over", degraded=False)["run_url"]
+    before = [(out / name).read_text() for name in ("champion.json", "champions.jsonl")]
+    with leased(run_url, owner="this-run"):
+        lease = resolve(run_url).join(runlease.LEASE)
+        lease.write_json({"owner": "other-run", "until": time.time() + 60})
+        with pytest.raises(runlease.LeaseLost, match="lost its lease, now held by other-run"):
+            challenge(run_url, str(out), RULE)  # the champion task's work (tasks/champion.py)
+    assert [(out / name).read_text() for name in ("champion.json", "champions.jsonl")] == before
+    assert not resolve(run_url).join("challenge.json").exists()

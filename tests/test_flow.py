@@ -26,6 +26,7 @@ from braintl.timeouts import expired
 from braintl.training import TrainConfig
 from flows.retrain import RetrainParams, retrain
 from tasks.data import STORAGE_RETRIES
+from tasks.results_storage import RESULTS_DIR
 from tasks.training import TRAINING_RETRIES
 
 CV_NAMES = {f"cv-{m}-fold-{k}" for m in ("scratch_cnn-full", "mobilenet_v2-frozen") for k in (1, 2)}
@@ -116,11 +117,13 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
     forced_runs = _task_runs(forced)
     assert all(forced_runs[name] == {"Completed"} for name in CV_NAMES | {"sweep-random-init"})
 
-    # The output emptied (a clean-up, a new bucket): Prefect's cached records of prepare and the
-    # folds point at deleted files, so those stages run again instead of failing the run.
+    # The output emptied but for OUT/.prefect (a clean-up that spared Prefect's records): the
+    # cached records of prepare and the folds point at deleted files, so those stages run again
+    # instead of failing the run.
     bucket = resolve(s3_bucket)
-    bucket.fs.rm(bucket.path, recursive=True)
-    bucket.fs.mkdir(bucket.path)
+    for path in bucket.fs.ls(bucket.path, refresh=True):
+        if path.rsplit("/", 1)[-1] != RESULTS_DIR:
+            bucket.fs.rm(path, recursive=True)
     rebuilt = retrain(params, return_state=True)
     assert rebuilt.name == "Completed", rebuilt.message
     rebuilt_runs = _task_runs(rebuilt)

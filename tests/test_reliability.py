@@ -8,6 +8,7 @@ Each scenario appends what it measured (recovered or failed, seconds) to
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -37,6 +38,7 @@ from braintl.timeouts import Timeouts
 from braintl.training import pause
 from braintl.tuning import SweepConfig, run_sweep
 from flows.retrain import RetrainParams, output_limit, retrain
+from tasks.results_storage import RESULTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,22 +230,31 @@ def prefect_with_services(tmp_path_factory):
 
 
 def _start_run(
-    out: Path, home: Path, api_url: str, *extra: str, pause_at: Path | None = None
+    out: Path | str,
+    home: Path,
+    api_url: str | None,
+    *extra: str,
+    pause_at: Path | None = None,
+    pause_only: str = "",
 ) -> tuple[subprocess.Popen, Path]:
-    """``braintl run`` in its own process group, against the test's Prefect server, with its
-    own PREFECT_HOME (where the task cache lives) so a rerun finds what the first run cached,
-    and a run lease of LEASE_S seconds; with ``pause_at``, its training holds after epoch 1's
-    checkpoint until the test releases it (:mod:`braintl.training.pause`)."""
+    """``braintl run`` in its own process group, against the test's Prefect server (None: a
+    temporary server of its own, in its home), with its own PREFECT_HOME and a run lease of
+    LEASE_S seconds; with ``pause_at``, its training (only runs whose checkpoint URL contains
+    ``pause_only``) holds after epoch 1's checkpoint until the test releases it
+    (:mod:`braintl.training.pause`)."""
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"run-{len(list(home.glob('run-*.log')))}.log"
     env = {
-        **os.environ,
-        "PREFECT_API_URL": api_url,
+        **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
         "PREFECT_HOME": str(home),
         runlease.SECONDS_ENV: str(LEASE_S),
     }
+    if api_url is not None:
+        env["PREFECT_API_URL"] = api_url
+    else:  # Prefect's 20 s are too short on a busy CI machine
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
     if pause_at is not None:
-        env[pause.PAUSE_ENV] = f"1:{pause_at}"
+        env |= {pause.PAUSE_ENV: f"1:{pause_at}", pause.ONLY_ENV: pause_only}
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [Path(sys.executable).with_name("braintl"), "run", "--out", str(out), *RUN_OPTIONS]
@@ -257,11 +268,12 @@ def _start_run(
 
 
 def _finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
-    """Wait for a run; its output, or a failure that shows it."""
+    """Wait for a run; its output, or a failure that shows it. Whatever the run left behind in
+    its process group (a temporary Prefect server whose start timed out, Ray) ends with it."""
     try:
         proc.wait(timeout=timeout)
     finally:
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # nothing left
             os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text()
     assert proc.returncode == 0, text[-4000:]
@@ -369,6 +381,74 @@ def test_killed_flow_process_resumes_and_matches_an_uninterrupted_run(concurrent
     )
 
 
+def _stored_results(bucket) -> dict[str, dict]:
+    """The cached stages' records under ``OUT/.prefect``, by file name; each must be JSON, its
+    result JSON-serialised (no pickle), or this fails."""
+    records = {}
+    bucket.fs.invalidate_cache()  # another process writes them
+    for path in bucket.fs.find(bucket.join(RESULTS_DIR).path):
+        record = json.loads(bucket.fs.cat_file(path))
+        assert record["metadata"]["serializer"]["type"] == "json", record["metadata"]
+        records[path.rsplit("/", 1)[-1]] = json.loads(record["result"])
+    return records
+
+
+def _modified(location) -> str:
+    return str(location.fs.info(location.path)["LastModified"])
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_one_process_resumes_in_another_from_the_shared_results(
+    s3_server, s3_bucket, tmp_path
+):
+    """``braintl run`` on S3 is SIGKILLed once prepare, the sweep and fold 1 finished (fold 2
+    holds after its first epoch). Another process, with another Prefect home, server and local
+    disk, resumes the run: prepare, the sweep and fold 1 come from the results under
+    ``OUT/.prefect`` (Cached, their files untouched), only fold 2 trains; every stored result
+    is JSON, and neither process kept a result on its own disk."""
+    bucket = resolve(s3_bucket)
+    gate, homes = tmp_path / "gate", [tmp_path / "home-a", tmp_path / "home-b"]
+    proc, log = _start_run(s3_bucket, homes[0], None, pause_at=gate, pause_only="/fold-2/")
+    try:  # prepare + sweep + fold 1 stored, fold 2 held: three records
+        _wait_for(
+            lambda: (
+                proc.poll() is not None or (_paused(gate, 1) and len(_stored_results(bucket)) == 3)
+            ),
+            600,
+            "prepare, the sweep and fold 1 stored, fold 2 held",
+            interval=1,
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-4000:]
+    [run_id] = [p.rsplit("/", 1)[-1] for p in bucket.fs.ls(bucket.join("runs").path)]
+    run = bucket.join("runs", run_id)
+    assert not run.is_complete() and not bucket.join("latest.json").exists()
+    before = _stored_results(bucket)
+    fold1 = run.join(FOLDS_DIR, "fold-1", "metrics.json")
+    trained = _modified(fold1)
+    time.sleep(max(0.0, run.join(runlease.LEASE).read_json()["until"] - time.time()))
+
+    started = time.perf_counter()
+    text = _finish(*_start_run(s3_bucket, homes[1], None))
+    seconds = time.perf_counter() - started
+    assert f"resuming interrupted run {run_id}" in text
+    for stage in (r"prepare-\w+", "sweep-random-init", "cv-scratch_cnn-full-fold-1"):
+        assert re.search(rf"{stage}' - Finished in state Cached", text), (stage, text[-4000:])
+    assert re.search(r"cv-scratch_cnn-full-fold-2' - Finished in state Completed", text)
+    assert _modified(fold1) == trained  # fold 1 not trained again
+    after = _stored_results(bucket)
+    assert len(after) == 4 and all(after[name] == result for name, result in before.items())
+    assert bucket.join("latest.json").read_json()["run_id"] == run_id and run.is_complete()
+    assert not [p for home in homes for p in (home / "storage").rglob("*") if p.is_file()]
+    _record(
+        "resumed-in-another-process",
+        outcome="prepare, sweep and fold 1 cached; fold 2 trained",
+        rerun_s=round(seconds, 1),
+    )
+
+
 def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
     """While held (and renewed) a run is taken; released or lapsed, a rerun may resume it."""
     run = resolve(str(tmp_path / "run"))
@@ -384,6 +464,49 @@ def test_a_lease_holds_until_released_or_expired(tmp_path, monkeypatch):
     assert runlease.holder(run) is None and not run.join(runlease.LEASE).exists()
     run.join(runlease.LEASE).write_json({"owner": "crashed", "until": time.time() - 1})
     assert runlease.holder(run) is None
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_hung_sweep_times_out_cleanly_and_the_next_run_resumes(tmp_path, monkeypatch):
+    """The sweep's trial holds after epoch 1 and never goes on: with a 90 s sweep timeout (time
+    for Ray and the trial to reach the hold on a busy machine) the run fails naming the stage
+    and the setting, its lease is released and neither latest.json nor champion.json is
+    written; the next run resumes that run and completes, and both name it."""
+    out = tmp_path / "out"
+    params = RetrainParams(out_url=str(out), **TINY)
+    hold = tmp_path / "hold"
+    ray.shutdown()  # the flow starts Ray again: its workers inherit the hold
+    monkeypatch.setenv(pause.PAUSE_ENV, f"1:{hold}")
+    monkeypatch.setenv(pause.ONLY_ENV, "/sweep/")
+    started = time.perf_counter()
+    hung = retrain(params.model_copy(update={"timeouts": Timeouts(sweep_s=90)}), return_state=True)
+    timed_out_s = time.perf_counter() - started
+    assert hung.is_failed()
+    assert "sweep timed out: sweep random-init" in hung.message, hung.message
+    assert "timeouts.sweep_s" in hung.message
+    assert _paused(hold, 1), "the trial never reached the hold: slow, not hung; raise the timeout"
+    [run_dir] = (out / "runs").iterdir()
+    assert not (run_dir / runlease.LEASE).exists() and not (run_dir / "_COMPLETE.json").exists()
+    assert not (out / "latest.json").exists() and not (out / "champion.json").exists()
+    _record(
+        "hung-sweep-timeout-90s", outcome="failed cleanly", failed_after_s=round(timed_out_s, 1)
+    )
+
+    ray.shutdown()  # as the failed flow run's process exits: the held trial ends with it
+    monkeypatch.delenv(pause.PAUSE_ENV)
+    started = time.perf_counter()
+    resumed = retrain(params, return_state=True)
+    assert resumed.is_completed(), resumed.message
+    assert resumed.result()["run_id"] == run_dir.name
+    for pointer in ("latest.json", "champion.json"):
+        assert json.loads((out / pointer).read_text())["run_id"] == run_dir.name
+    _record(
+        "after-hung-sweep",
+        outcome="next run resumed and completed",
+        sweep_restored=_sweep(run_dir)["restored"],
+        seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 # Cross-validation faults: three epochs, so a fold held after epoch 2 still has one to train.

@@ -3,6 +3,7 @@ them in every log line, artifact, Prefect record, result file and stored object.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -31,6 +32,7 @@ from support import small_params
 from braintl.data.phantoms import write_phantom_dataset
 from braintl.storage import resolve
 from flows.retrain import retrain
+from tasks.results_storage import RESULTS_DIR
 
 ACCESS_KEY = "AKIAFAKESECRET1234"
 SECRET_KEY = "fakeSecretValue-9f8e7d"
@@ -86,12 +88,16 @@ def _prefect_records(flow_run_id) -> list[str]:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
+        # Block documents are encrypted in the database: read them back, secrets included.
+        blocks = client.read_block_documents(include_secrets=True)
     assert logs and len(artifacts) >= 3 and task_runs
+    assert [b.name for b in blocks if b.name.startswith("braintl-results-")]  # results on S3
     return [
         flow_run.model_dump_json(),
         *(t.model_dump_json() for t in task_runs),
         *(f"{log.name} {log.message}" for log in logs),
         *(a.model_dump_json() for a in artifacts),
+        *(json.dumps(b.data) for b in blocks),
     ]
 
 
@@ -115,6 +121,7 @@ def test_fake_credentials_appear_nowhere(
     # experiment state and every checkpoint, byte for byte.
     objects = fs.find(s3_bucket)
     assert any(o.endswith(".pt") for o in objects) and any("/sweep/" in o for o in objects)
+    assert any(f"/{RESULTS_DIR}/" in o for o in objects)  # the cached stages' Prefect results
     for key in objects:
         assert _leaks(fs.cat_file(key)) == [], key
     config = resolve(record["run_url"]).join("config.json").read_bytes().decode()
