@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import statistics
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 from braintl import conditional
 from braintl.metrics import json_safe
 from braintl.runlease import holder
-from braintl.storage import resolve
+from braintl.storage import Location, resolve
+
+log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 PARTS = ("val", "test")
@@ -226,15 +229,26 @@ def unfinished_run(out_url: str, run_key: str, owner: str | None = None) -> str 
         return None
     for path in sorted(runs.fs.ls(runs.path, detail=False), reverse=True):
         run = runs.join(path.rstrip("/").rsplit("/", 1)[-1])
-        config = run.join("config.json")
         if (
             not run.is_complete()
-            and config.exists()
-            and config.read_json().get("run_key") == run_key
+            and _run_key(run) == run_key
             and holder(run) in (None, owner)  # else a run of the same settings still at work
         ):
             return path.rstrip("/").rsplit("/", 1)[-1]
     return None
+
+
+def _run_key(run: Location) -> str | None:
+    """The run key in ``run``'s config.json; None when there is none or it is unreadable (then
+    reported and the run skipped: one bad file must not stop every later run)."""
+    config = run.join("config.json")
+    if not config.exists():
+        return None
+    try:
+        return config.read_json()["run_key"]
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("%s: unreadable (%s); that run is skipped, never resumed", config.url, exc)
+        return None
 
 
 def publish_latest(out_url: str, record: dict) -> bool:
