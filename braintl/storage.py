@@ -11,6 +11,7 @@ import io
 import json
 import os
 import posixpath
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +74,13 @@ class Location:
                     "first or fix the output URL."
                 ) from exc
             return
-        tmp = f"{self.path}.tmp-{os.getpid()}"
         try:
-            os.makedirs(posixpath.dirname(self.path), exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, self.path)
+            tmp = local_temporary(self.path, data)
+            try:
+                os.replace(tmp, self.path)
+            except OSError:
+                os.unlink(tmp)
+                raise
         except OSError as exc:
             raise StorageError(
                 f"{self.url}: cannot write ({exc.strerror or exc}). Choose an output location "
@@ -112,6 +114,38 @@ class Location:
     def mark_complete(self, info: dict[str, Any] | None = None) -> None:
         """Written last: readers trust a folder only once this marker exists."""
         self.join(COMPLETE_MARKER).write_json(info or {})
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: setting it is process-wide
+
+
+def local_temporary(path: str, data: bytes) -> str:
+    """A new file beside ``path`` holding ``data``, on disk, to be renamed or linked into place.
+
+    Its name is unique (``mkstemp`` in the target folder, so the rename stays on one file
+    system), so concurrent writers of one path never share a temporary file; it is fsynced
+    before the caller renames it, so a crash leaves the old or the new content, never an empty
+    file under the final name. Permissions are what ``open`` would give (mkstemp's 0600 would
+    hide outputs from the operator's group)."""
+    folder, name = posixpath.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def _s3_connection_errors() -> tuple[type[Exception], ...]:
