@@ -21,6 +21,11 @@ import numpy as np
 from braintl.errors import UserError
 
 COMPLETE_MARKER = "_COMPLETE.json"
+# Storage protocols braintl opens (comma-separated); any other is refused before it is used.
+# Stored records name URLs too, so one pointing at http:// must not make braintl fetch it.
+PROTOCOLS_ENV = "BRAINTL_PROTOCOLS"
+DEFAULT_PROTOCOLS = "file,s3"
+_ALIASES = {"local": "file", "s3a": "s3"}  # fsspec's other names for the same file systems
 
 
 class StorageError(UserError):
@@ -47,6 +52,11 @@ class Location:
 
     def join(self, *parts: str) -> Location:
         path = posixpath.join(self.path, *parts)
+        return Location(self.fs, path, self._unstrip(path))
+
+    @property
+    def parent(self) -> Location:
+        path = posixpath.dirname(self.path.rstrip("/"))
         return Location(self.fs, path, self._unstrip(path))
 
     def _unstrip(self, path: str) -> str:
@@ -177,11 +187,25 @@ def guarded(url: str, func, *args):
         ) from exc
 
 
+def allowed_protocols() -> set[str]:
+    """The protocols :func:`resolve` accepts: ``$BRAINTL_PROTOCOLS``, else file and s3."""
+    given = os.environ.get(PROTOCOLS_ENV) or DEFAULT_PROTOCOLS
+    return {_ALIASES.get(p.strip(), p.strip()) for p in given.split(",") if p.strip()}
+
+
 def resolve(url: str | os.PathLike[str]) -> Location:
-    """Resolve a local path, ``file://`` or ``s3://`` URL to a :class:`Location`."""
+    """Resolve a local path, ``file://`` or ``s3://`` URL to a :class:`Location`; a protocol
+    not in :func:`allowed_protocols` is refused before any file system is made."""
     url = os.fspath(url)
     protocol, _ = fsspec.core.split_protocol(url)
     protocol = protocol or "file"
+    allowed = allowed_protocols()
+    if _ALIASES.get(protocol, protocol) not in allowed:
+        raise StorageError(
+            f"{url}: the {protocol!r} protocol is not allowed (allowed: "
+            f"{', '.join(sorted(allowed))}). Use a local path, file:// or s3://, or add the "
+            f"protocol to {PROTOCOLS_ENV} (comma-separated) if you mean it."
+        )
     try:
         fs = fsspec.filesystem(protocol, **_storage_options(protocol))
     except ImportError as exc:
