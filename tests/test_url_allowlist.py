@@ -1,6 +1,7 @@
 """Only the URLs braintl means to follow: storage opens file and s3 (configurable), a URL read
 from a stored record must lie inside the output root the record is in, and deployed flows
-keep their URLs under the roots of the Prefect variable ``braintl_allowed_roots``.
+keep their URLs under the roots of the Prefect variable ``braintl_allowed_roots`` (tested in
+``test_flow.py``, which has a Prefect server).
 
 The records here point at a real HTTP server on 127.0.0.1 that records every request: what
 is refused must also never have been requested."""
