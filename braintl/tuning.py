@@ -37,7 +37,7 @@ from braintl.credentials import keep_out_of_ray_logs
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
 from braintl.metrics import json_safe
-from braintl.storage import Location, resolve
+from braintl.storage import Location, StorageError, resolve
 from braintl.training import TrainConfig, train
 from braintl.trialtable import Report, TrialTable
 
@@ -218,17 +218,17 @@ class _TableWriter(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._entry(trial).status = "running"
-        self.table.write(self.location)
+        self._save()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         fields = {k: result.get(k) for k in ("val_auc", "val_loss", "train_loss")}
         report = Report(epoch=result["epoch"], attempt=self.table.attempt, **fields)
         self._entry(trial).reports.append(report)
-        self.table.write(self.location)
+        self._save()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._entry(trial).restarts += 1
-        self.table.write(self.location)
+        self._save()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "finished", None)
@@ -236,10 +236,18 @@ class _TableWriter(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "error", _short_error(_error_text(trial)) or "failed")
 
+    def _save(self) -> None:
+        """A storage outage must not end the sweep: the table is written again at the next
+        event, and once more when the sweep ends (where a failure fails the sweep task)."""
+        try:
+            self.table.write(self.location)
+        except StorageError as exc:
+            log.warning("trial table not saved, retried at the next event: %s", exc)
+
     def _end(self, trial, status: str, error: str | None) -> None:
         entry = self._entry(trial)
         entry.status, entry.error = status, error
-        self.table.write(self.location)
+        self._save()
         self.ended += 1
         if self.notify:
             self.notify(self.ended, len(self.table.plan))
@@ -302,25 +310,15 @@ def run_sweep(
         )
     if table.unfinished():
         table.write(where)
-        _fit(
-            table,
-            where,
-            sweep,
-            defaults,
-            name,
-            ray_address,
-            on_trial_end,
-            trainable=(
-                tune.with_parameters(
-                    _trial,
-                    tensors_url=tensors_url,
-                    fold=fold,
-                    base=base,
-                    checkpoints_url=checkpoints.url,
-                    plan=plan,
-                )
-            ),
+        trainable = tune.with_parameters(
+            _trial,
+            tensors_url=tensors_url,
+            fold=fold,
+            base=base,
+            checkpoints_url=checkpoints.url,
+            plan=plan,
         )
+        _fit(trainable, table, where, sweep, defaults.epochs, name, ray_address, on_trial_end)
     trials = sorted(
         (_trial_record(i, plan[i], table.trials[i], base, defaults.epochs) for i in plan),
         key=lambda t: (t["backbone"], t["strategy"], t["trial_id"]),
@@ -357,14 +355,14 @@ def _ignore_tune_state(folder: Location, table: Location) -> None:
 
 
 def _fit(
+    trainable,
     table: TrialTable,
     where: Location,
     sweep: SweepConfig,
-    defaults: TrainConfig,
+    epochs: int,
     name: str,
     ray_address: str | None,
     on_trial_end: Callable[[int, int], None] | None,
-    trainable,
 ) -> None:
     """Run the table's unfinished trials with Tune, its state in a private temporary folder."""
     ensure_ray(ray_address)
@@ -372,7 +370,7 @@ def _fit(
         time_attr="epoch",  # not training_iteration: a resumed trial continues its epochs
         metric=METRIC,
         mode="max",
-        max_t=defaults.epochs,
+        max_t=epochs,
         grace_period=sweep.grace_period,
         reduction_factor=sweep.reduction_factor,
     )
@@ -405,6 +403,7 @@ def _fit(
         ).fit()
     finally:
         shutil.rmtree(private, ignore_errors=True)
+    table.write(where)  # whatever the callbacks could not save during an outage
 
 
 def _trial_record(
