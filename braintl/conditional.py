@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from braintl.storage import Location, StorageError, guarded, local_temporary
+from braintl.storage import Location, StorageError, guarded, local_replace, local_temporary
 
 # What S3 answers a write whose condition failed: 412, or 409 while another conditional write
 # of the same key is in flight (AWS).
@@ -262,12 +262,7 @@ def _local_replace(location: Location, data: bytes, expect: str) -> str:
         current = read(location)
         if current is None or current.version != expect:
             raise ConditionFailed(location.url)
-        tmp = local_temporary(location.path, data)
-        try:
-            os.replace(tmp, location.path)
-        except OSError:
-            os.unlink(tmp)
-            raise
+        local_replace(location.path, data)
     return _digest(data)
 
 

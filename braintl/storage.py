@@ -85,12 +85,7 @@ class Location:
                 ) from exc
             return
         try:
-            tmp = local_temporary(self.path, data)
-            try:
-                os.replace(tmp, self.path)
-            except OSError:
-                os.unlink(tmp)
-                raise
+            local_replace(self.path, data)
         except OSError as exc:
             raise StorageError(
                 f"{self.url}: cannot write ({exc.strerror or exc}). Choose an output location "
@@ -156,6 +151,16 @@ def local_temporary(path: str, data: bytes) -> str:
         os.unlink(tmp)
         raise
     return tmp
+
+
+def local_replace(path: str, data: bytes) -> None:
+    """Replace the local file ``path`` by ``data`` whole, through :func:`local_temporary`."""
+    tmp = local_temporary(path, data)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
 
 
 def _s3_connection_errors() -> tuple[type[Exception], ...]:
