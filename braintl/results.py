@@ -262,15 +262,35 @@ def publish_latest(out_url: str, record: dict) -> bool:
     Returns whether ``latest.json`` moved to this run.
     """
     run_id = record["run_id"]
+    target = resolve(out_url).join(LATEST)
 
     def older(current: bytes | None) -> bool:
-        return current is None or json.loads(current)["run_id"] < run_id
+        named = None if current is None else _latest_run_id(target, current)
+        return named is None or named < run_id
 
     document = json.dumps(json_safe(record), indent=2, sort_keys=True).encode()
-    return conditional.update(resolve(out_url).join(LATEST), document, older)
+    return conditional.update(target, document, older)
 
 
 def read_latest(out_url: str) -> dict | None:
-    """The last completed run's record, or None when no run has completed yet."""
+    """The last completed run's record, or None when no run has completed yet (or when
+    ``latest.json`` is unreadable: reported, and the next completed run replaces it)."""
     target = resolve(out_url).join(LATEST)
-    return target.read_json() if target.exists() else None
+    if not target.exists():
+        return None
+    data = target.read_bytes()
+    return json.loads(data) if _latest_run_id(target, data) is not None else None
+
+
+def _latest_run_id(target: Location, data: bytes) -> str | None:
+    """The run id ``latest.json`` names; None, with a warning, when it names none readable."""
+    try:
+        run_id = json.loads(data)["run_id"]
+        if isinstance(run_id, str):
+            return run_id
+        raise TypeError("run_id is not text")
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning(
+            "%s: unreadable (%s); ignored, the next completed run replaces it", target.url, exc
+        )
+        return None

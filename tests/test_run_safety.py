@@ -212,3 +212,15 @@ def test_an_unreadable_run_config_is_reported_and_skipped(out_url, caplog):
     finally:
         runlease.release("flow-run-1")
         runlease.release("flow-run-2")
+
+
+def test_an_unreadable_latest_is_reported_and_replaced(out_url, caplog):
+    """A corrupt latest.json reads as "no completed run" (so runs are not skipped on it, nor
+    fail reading it) and the next completed run replaces it."""
+    latest = resolve(out_url).join("latest.json")
+    latest.write_bytes(b'{"run_id": ')
+    with caplog.at_level(logging.WARNING, logger="braintl.results"):
+        assert read_latest(out_url) is None
+        assert publish_latest(out_url, {"run_id": "20260101T000000Z-aaaaaa"})
+    assert f"{latest.url}: unreadable" in caplog.text
+    assert read_latest(out_url) == {"run_id": "20260101T000000Z-aaaaaa"}
