@@ -27,8 +27,9 @@ from braintl.metrics import json_safe
 from braintl.models import create_model
 from braintl.models.model import BrainTLModel
 from braintl.models.weights import load_state_dict, read_state_dict
-from braintl.results import METRICS, best_model, read_latest
+from braintl.results import LATEST, METRICS, best_model, read_latest
 from braintl.storage import Location, resolve
+from braintl.urls import within
 
 MODEL_DIR = "model"
 PACKAGE_FILE = "model.json"
@@ -81,6 +82,8 @@ def publish_model(run_url: str) -> dict[str, str]:
     results = run.join("results.json").read_json()
     best = best_model(results)
     fold = best["fold"]
+    for key in ("metrics_url", "model_url"):  # folds of this output's runs (one may be reused)
+        within(fold[key], run.parent.parent.url, run.join("results.json").url)
     metrics = resolve(fold["metrics_url"]).read_json()
     report_loc = run.join("report", "report.json")
     report = report_loc.read_json() if report_loc.exists() else None
@@ -236,7 +239,7 @@ def _latest_model(out_url: str) -> str:
             "model: it predates model publishing. Run `braintl run --force` to publish one, "
             "or pass a model URL."
         )
-    return latest["model"]
+    return within(latest["model"], out_url, resolve(out_url).join(LATEST).url)
 
 
 def warm_start(weights: str, out_url: str) -> dict | None:
@@ -257,7 +260,7 @@ def warm_start(weights: str, out_url: str) -> dict | None:
                 f"{'names no model' if latest else 'does not exist'}). Run once with "
                 "weights 'none' or 'imagenet' first, or pass the URL of a published model."
             )
-        model_url = latest["model"]
+        model_url = within(latest["model"], out_url, resolve(out_url).join(LATEST).url)
     elif resolve(weights).join(PACKAGE_FILE).exists():
         model_url = resolve(weights).url
     else:

@@ -55,6 +55,7 @@ from braintl.storage import COMPLETE_MARKER, resolve
 from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts, expired
 from braintl.tuning import SweepConfig
 from braintl.urls import credentials_problem, inside_problem
+from flows.roots import confine
 from tasks.champion import challenge_champion
 from tasks.data import data_source, prepare_data, snapshot
 from tasks.model import publish_model, warm_start
@@ -383,6 +384,12 @@ def _release_lease(flow, flow_run, state) -> None:
 )
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
     """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
+    confine(
+        data_url=params.data_url,
+        out_url=params.out_url,
+        manifest_url=params.manifest_url,
+        weights=None if params.weights in ("imagenet", "none", "previous") else params.weights,
+    )
     with one_run_per_output(params.out_url):
         return _retrain(params)
 

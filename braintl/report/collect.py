@@ -10,6 +10,7 @@ import numpy as np
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
 from braintl.storage import COMPLETE_MARKER, Location, resolve
+from braintl.urls import within
 
 # Parameters that may differ between two runs the leakage audit compares: the protocol itself,
 # and what only changes where or whether a run happens.
@@ -72,9 +73,10 @@ def _read(loc: Location, name: str, required: bool = True) -> dict | None:
 
 
 def load_run(run_url: str) -> Run:
-    """The documents of the run at ``run_url`` (``OUT_URL/runs/<run_id>``)."""
+    """The documents of the run at ``run_url`` (``OUT_URL/runs/<run_id>``); the URLs they
+    name (tensors, fold metrics) must lie in that output root (see :func:`within`)."""
     loc = resolve(run_url)
-    return Run(
+    run = Run(
         loc=loc,
         config=_read(loc, "config.json"),
         sweep=_read(loc, "sweep.json", required=False) or {},
@@ -83,6 +85,12 @@ def load_run(run_url: str) -> Run:
         completed=_read(loc, COMPLETE_MARKER, required=False),
         challenge=_read(loc, "challenge.json", required=False),
     )
+    root = loc.parent.parent.url
+    within(run.tensors_url, root, loc.join("config.json").url)
+    for model in run.results["models"]:
+        for fold in model["runs"]:
+            within(fold["metrics_url"], root, loc.join("results.json").url)
+    return run
 
 
 def fold_predictions(
