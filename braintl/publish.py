@@ -19,6 +19,7 @@ from typing import Any
 from safetensors.torch import save as safetensors_bytes
 
 from braintl.champion import champion_model
+from braintl.data.clinical import ClinicalConfig
 from braintl.data.decode import DecodeLimits
 from braintl.data.listing import DEFAULT_LABEL_MAP, POSITIVE_LABEL
 from braintl.data.preprocess import PreprocessConfig
@@ -58,6 +59,11 @@ class PublishedModel:
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(**self.info["decode"])
+
+    @property
+    def clinical(self) -> ClinicalConfig:
+        """DICOM windows and NIfTI slices as training read them (defaults for older models)."""
+        return ClinicalConfig(**self.info.get("clinical", {}))
 
     def label(self, probability: float) -> str:
         """The label at the model's threshold (tumor when probability >= threshold)."""
@@ -107,6 +113,7 @@ def publish_model(run_url: str) -> dict[str, str]:
             "probability >= threshold",
             "preprocess": data_config["preprocess"],
             "decode": {k: data_config[k] for k in ("min_side", "max_pixels")},
+            "clinical": data_config.get("clinical", {}),
             "labels": {"1": POSITIVE_LABEL, "0": NEGATIVE_LABEL},
             "label_map": data_config.get("label_map", DEFAULT_LABEL_MAP),
             "fingerprint": data["fingerprint"],

@@ -83,7 +83,7 @@ def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listi
             if islink:
                 skipped.append((rel, _LINK))
                 continue
-            if not name.lower().endswith(SCAN_EXTENSIONS) and not _dicom_magic(root, path):
+            if not is_scan(root, path):
                 why = f"not an image extension ({', '.join(SCAN_EXTENSIONS)}) nor DICOM"
                 skipped.append((rel, why))
                 continue
@@ -163,10 +163,13 @@ def _walk(folder: Location) -> list[tuple[str, int, bool]]:
     )
 
 
-def _dicom_magic(root: Location, path: str) -> bool:
-    """True when the file starts as a DICOM file does (an unreadable one is not DICOM)."""
+def is_scan(location: Location, path: str) -> bool:
+    """True for a scan's extension, or a file that starts as DICOM does (read for 132 bytes;
+    an unreadable one is not DICOM)."""
+    if posixpath.basename(path).lower().endswith(SCAN_EXTENSIONS):
+        return True
     try:
-        return is_dicom(root.fs.cat_file(path, start=0, end=132))
+        return is_dicom(location.fs.cat_file(path, start=0, end=132))
     except Exception:  # noqa: BLE001 - the file is skipped with its reason either way
         return False
 
