@@ -47,15 +47,7 @@ HEAD_THRESHOLD = 45  # grey level counted as head, as the brain crop counts it
 
 def decode_volume(data: bytes, limits: DecodeLimits, config: ClinicalConfig) -> FileImages:
     """The selected slices of a NIfTI volume as 8-bit RGB, or :class:`Quarantine`."""
-    volume = _load(_inflate(data, limits))
-    if volume.ndim > 3:
-        raise Quarantine(
-            UNSUPPORTED, f"{volume.ndim}-D volume {volume.shape}: only 2-D and 3-D volumes are read"
-        )
-    if volume.ndim < 3:
-        volume = volume.reshape(volume.shape + (1,) * (3 - volume.ndim))
-    if volume.size > VOLUME_FACTOR * limits.max_pixels:
-        raise Quarantine(TOO_LARGE, f"{volume.shape} voxels, over {VOLUME_FACTOR}× max_pixels")
+    volume = _load(_inflate(data, limits), limits)
     slices = np.moveaxis(volume, AXES[config.slice_axis], 0)
     height, width = slices.shape[2], slices.shape[1]
     if height * width > limits.max_pixels:
@@ -89,11 +81,22 @@ def _inflate(data: bytes, limits: DecodeLimits) -> bytes:
     return raw
 
 
-def _load(raw: bytes) -> np.ndarray:
+def _load(raw: bytes, limits: DecodeLimits) -> np.ndarray:
+    """The voxels (3-D) in RAS+ orientation; shape and size checked from the header first."""
     kind = nibabel.Nifti2Image if raw[:4] == (540).to_bytes(4, "little") else nibabel.Nifti1Image
     try:
-        image = nibabel.as_closest_canonical(kind.from_bytes(raw))
-        return np.asanyarray(image.dataobj)
+        image = kind.from_bytes(raw)
+        shape = image.shape
+        if any(d > 1 for d in shape[3:]):
+            detail = f"{len(shape)}-D volume {shape}: only 2-D and 3-D volumes are read"
+            raise Quarantine(UNSUPPORTED, detail)
+        if np.prod(shape, dtype=np.int64) > VOLUME_FACTOR * limits.max_pixels:
+            detail = f"{shape} voxels, over {VOLUME_FACTOR}× max_pixels ({limits.max_pixels})"
+            raise Quarantine(TOO_LARGE, detail)
+        image = kind(np.asanyarray(image.dataobj).reshape((shape + (1, 1))[:3]), image.affine)
+        return np.asanyarray(nibabel.as_closest_canonical(image).dataobj)
+    except Quarantine:
+        raise
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on broken files
         detail = f"not a readable NIfTI volume, truncated or corrupt ({type(exc).__name__}: {exc})"
         raise Quarantine(CORRUPT, detail) from None
