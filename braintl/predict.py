@@ -88,11 +88,18 @@ class Predictions:
         return buffer.getvalue()
 
 
+def _frame_of_a_file(source: str) -> bool:
+    """True for ``file#frame=N`` or ``file#slice=N`` of an existing file."""
+    match = FRAME.search(source)
+    return bool(match) and resolve(source[: match.start()]).exists()
+
+
 def find_images(sources: Sequence[str]) -> list[str]:
     """Image URLs from files, folders and storage URLs, in the order given (folders sorted).
 
     A file named explicitly is taken whatever its extension (decoding decides); in folders only
-    image extensions count. A source that does not exist is an error, as is finding nothing.
+    scan files count (``listing.is_scan``); ``file#slice=N`` names one image of a file. A
+    source that does not exist is an error, as is finding nothing.
     """
     found: list[str] = []
     for source in sources:
@@ -104,7 +111,7 @@ def find_images(sources: Sequence[str]) -> list[str]:
                     continue
                 if is_scan(location, path):
                     found.append(location.join(posixpath.relpath(path, location.path)).url)
-        elif location.exists():
+        elif location.exists() or _frame_of_a_file(source):
             found.append(location.url)
         else:
             raise UserError(f"{location.url}: no such file or folder; pass image files or folders")
