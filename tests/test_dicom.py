@@ -170,9 +170,9 @@ def test_frames_are_images_and_files_are_found_by_their_magic(tmp_path):
     assert by_path["yes/IM000001"].patient == by_path["yes/1.2.840.99.1"].patient
     assert by_path["yes/IM000001"].patient != by_path["no/multi.dcm#frame=1"].patient
     assert len({by_path[p].group for p in paths[:3]}) == 1  # one patient, one group
-    assert manifest.summary()["clinical"]["slices_per_patient"] == {
-        "min": 2, "median": 2.5, "max": 3,
-    }  # fmt: skip
+    summary = manifest.summary()
+    assert summary["clinical"]["slices_per_patient"] == {"min": 2, "median": 2.5, "max": 3}
+    assert not summary["pre_augmented"]  # one patient's slices are not copies of each other
 
 
 def listing_rest(listing) -> list[str]:
