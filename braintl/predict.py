@@ -139,7 +139,7 @@ def _load(url: str, published: PublishedModel) -> list[tuple[str, np.ndarray, st
     match = FRAME.search(url)
     file_url = url[: match.start()] if match else url
     try:
-        data = resolve(file_url).read_bytes()
+        data = resolve(file_url).read_bytes(published.limits.max_bytes)
     except (OSError, StorageError) as exc:
         raise Quarantine(UNREADABLE, f"cannot read ({type(exc).__name__}: {exc})") from None
     images = decode_file(file_url, data, published.limits, published.clinical)

@@ -67,6 +67,12 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-pixels", type=int, default=64_000_000, help="larger images are quarantined"
     )
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=DecodeLimits.max_bytes,
+        help="bytes a file; larger files are quarantined unread",
+    )
     p.add_argument("--max-images", type=int, default=100_000, help="more files fail at once")
     p.add_argument(
         "--memory-budget-gb",
@@ -139,6 +145,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
         "label_map": parse_label_map(args.label_map),
         "min_side": args.min_side,
         "max_pixels": args.max_pixels,
+        "max_bytes": args.max_bytes,
         "near_distance": args.near_distance,
         "copy_distance": args.copy_distance,
         "group_by": args.group_by,
@@ -184,11 +191,12 @@ def data_or_phantoms(data_url: str | None, out_url: str, log: TextIO) -> str:
 def run_inspect(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     manifest = scan(
-        list_images(args.data_url, config.label_map),
-        DecodeLimits(config.min_side, config.max_pixels),
+        list_images(args.data_url, config.label_map, config.max_images),
+        config.decode_limits(),
         config.near_distance,
         config.copy_distance,
         provenance=config.provenance(),
+        memory_budget_gb=config.memory_budget_gb,
         clinical=config.clinical,
     )
     summary = manifest.summary()

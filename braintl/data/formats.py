@@ -4,7 +4,7 @@ everything else as a plain image (``decode``)."""
 from __future__ import annotations
 
 from braintl.data.clinical import ClinicalConfig, FileImages, Frame
-from braintl.data.decode import EMPTY, DecodeLimits, Quarantine, decode
+from braintl.data.decode import EMPTY, TOO_LARGE, DecodeLimits, Quarantine, decode, too_many_bytes
 from braintl.data.dicom import decode_dicom, is_dicom
 from braintl.data.nifti import EXTENSIONS as NIFTI_EXTENSIONS
 from braintl.data.nifti import decode_volume
@@ -21,6 +21,8 @@ def decode_file(
     lower = name.lower()
     if not data:
         raise Quarantine(EMPTY, "zero bytes")
+    if len(data) > limits.max_bytes:
+        raise Quarantine(TOO_LARGE, too_many_bytes(len(data), limits))
     if lower.endswith(NIFTI_EXTENSIONS):
         return decode_volume(data, limits, config)
     if lower.endswith(DICOM_EXTENSIONS) or is_dicom(data):

@@ -22,7 +22,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from braintl.data.clinical import ClinicalConfig, Identity
-from braintl.data.decode import UNREADABLE, Decoded, DecodeLimits, Quarantine
+from braintl.data.decode import (
+    TOO_LARGE,
+    UNREADABLE,
+    Decoded,
+    DecodeLimits,
+    Quarantine,
+    too_many_bytes,
+)
 from braintl.data.duplicates import (
     DEFAULT_NEAR_DISTANCE,
     copy_stats,
@@ -34,6 +41,7 @@ from braintl.data.formats import decode_file
 from braintl.data.listing import ImageRef, Listing
 from braintl.data.provenance import NOT_IN_MANIFEST, Provenance
 from braintl.data.signature import CONTRADICTS, COPY_DISTANCE, SIZE, signature
+from braintl.limits import decode_workers
 from braintl.storage import resolve
 
 OK = "ok"
@@ -309,14 +317,18 @@ def scan(
     on_image: Callable[[str, Decoded], None] | None = None,
     workers: int | None = None,
     provenance: Provenance | None = None,
+    memory_budget_gb: float | None = None,
     clinical: ClinicalConfig | None = None,
 ) -> Manifest:
     """Decode, check and hash every listed file, then group duplicates and provenance.
 
     ``on_image`` receives each usable image with its record's ``relpath``. Unusable files are
     quarantined with a reason and never stop the scan; storage that cannot be reached stops it
-    (:class:`~braintl.storage.StorageError`). A clinical file's group (patient, volume) is its
-    provenance group unless ``--group-by`` or ``--manifest`` gives one.
+    (:class:`~braintl.storage.StorageError`). A file the listing sizes over
+    ``limits.max_bytes`` is never read, and no read returns more than that plus one byte (a
+    file can grow after listing); as many threads decode at once as the memory budget holds at
+    the limits' worst case (:func:`~braintl.limits.decode_workers`). A clinical file's group
+    (patient, volume) is its provenance group unless ``--group-by`` or ``--manifest`` gives one.
     """
     provenance = provenance or Provenance()
     missing = provenance.missing({ref.relpath for ref in listing.images})
@@ -324,7 +336,9 @@ def scan(
         raise ValueError(f"near_distance={near_distance}: use -1 (off) or a number of bits >= 0")
     limits = limits or DecodeLimits()
     start = time.perf_counter()
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    workers = workers or decode_workers(
+        limits.peak_bytes(), memory_budget_gb, min(8, (os.cpu_count() or 1) + 2)
+    )
 
     def one(ref: ImageRef) -> list[tuple[Record, np.ndarray | None]]:
         origin = provenance.origin(ref)
@@ -332,8 +346,11 @@ def scan(
         if not origin.in_manifest:
             detail = f"no row for this file in {provenance.manifest_url}"
             return [(_quarantine(record, Quarantine(NOT_IN_MANIFEST, detail)), None)]
+        if ref.size > limits.max_bytes:
+            detail = too_many_bytes(ref.size, limits)
+            return [(_quarantine(record, Quarantine(TOO_LARGE, detail)), None)]
         try:
-            data = resolve(ref.url).read_bytes()
+            data = resolve(ref.url).read_bytes(limits.max_bytes)
         except PermissionError as exc:
             return [
                 (_quarantine(record, Quarantine(UNREADABLE, f"permission denied ({exc})")), None)
