@@ -15,7 +15,7 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.tasks import exponential_backoff
 
-from braintl import folds, tuning
+from braintl import folds, progress, tuning
 from tasks.caching import COMPUTED
 from tasks.data import worth_retrying
 
@@ -48,9 +48,14 @@ def sweep(
     only (braintl.results.cv_plan), so fold 0's images never rank a model. Fails
     (so nothing is cached) when some pair has no trial that trained.
     """
-    progress = create_progress_artifact(
+    artifact = create_progress_artifact(
         0.0, key=f"sweep-{name}", description=f"sweep {name}: trials ended"
     )
+
+    def trial_ended(ended: int, total: int) -> None:
+        update_progress_artifact(artifact, 100 * ended / total)
+        progress.report(f"trials {name}", ended, total)
+
     result = tuning.run_sweep(
         tensors_url,
         pairs,
@@ -60,7 +65,7 @@ def sweep(
         name=name,
         fold=0,
         ray_address=ray_address,
-        on_trial_end=lambda ended, total: update_progress_artifact(progress, 100 * ended / total),
+        on_trial_end=trial_ended,
     )
     missing = [f"{b}/{s}" for b, s in pairs if f"{b}/{s}" not in result["best"]]
     if missing:

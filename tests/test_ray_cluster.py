@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from prefect_services import TINY, api_client, free_port, wait_for_final_state
+from prefect_services import TINY, api_client, wait_for_final_state
+from support import free_port, port_open, wait_until_up
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Ray's state API, read in a child process that carries the cluster's token (the test process
@@ -30,19 +29,6 @@ print(json.dumps({
     "actors": [[a.class_name, a.state, a.node_id] for a in list_actors(address=address)],
 }))
 """
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited:\n{log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"Ray head not up in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +51,7 @@ def ray_cluster(prefect_stack, tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_for_port(dashboard, head, log)
+        wait_until_up("Ray head", lambda: port_open(dashboard), head, log, 180)
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
     finally:
         head.terminate()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TextIO
 
 from pydantic import ValidationError
 
@@ -14,12 +13,11 @@ from braintl.data.decode import DecodeLimits
 from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
 from braintl.data.listing import list_images
 from braintl.data.manifest import scan
-from braintl.data.phantoms import write_phantom_dataset
+from braintl.data.phantoms import data_or_phantoms
 from braintl.data.prepare import DataConfig, build_tensors, part_sizes, prepare, scan_data
 from braintl.data.signature import COPY_DISTANCE
 from braintl.data.splits import PROTOCOLS, leakage, members
 from braintl.errors import UserError
-from braintl.storage import resolve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -174,18 +172,6 @@ def _explain(exc: ValidationError) -> str:
         f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
     )
     return f"bad parameter value: {problems}"
-
-
-def data_or_phantoms(data_url: str | None, out_url: str, log: TextIO) -> str:
-    """The data URL given, or else seeded synthetic phantoms written once under OUT_URL."""
-    if data_url is not None:
-        return data_url
-    phantoms = resolve(out_url).join("phantoms")
-    if not phantoms.is_complete():
-        write_phantom_dataset(phantoms.url, seed=0)
-        phantoms.mark_complete({"seed": 0})
-    print(f"no data URL given: using synthetic phantoms in {phantoms.url}", file=log)
-    return phantoms.url
 
 
 def run_inspect(args: argparse.Namespace) -> int:
