@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from braintl.data.clinical import FileImages
 from braintl.data.decode import UNREADABLE, Quarantine
 from braintl.data.formats import decode_file
 from braintl.data.listing import IGNORED_NAMES, SCAN_EXTENSIONS, is_scan
@@ -133,16 +134,24 @@ def predictions_url(folder_url: str) -> str:
     return resolve(folder.url + ".predictions.csv").url
 
 
-def _load(url: str, published: PublishedModel) -> list[tuple[str, np.ndarray, str]]:
+def _load(
+    url: str, published: PublishedModel, last: dict[str, FileImages | Quarantine]
+) -> list[tuple[str, np.ndarray, str]]:
     """(row file, preprocessed pixels uint8 3×S×S, instance) of each image ``url`` names: all of
-    a file's, or the one frame or slice its suffix names; or Quarantine."""
+    a file's, or the one frame or slice its suffix names; or Quarantine. ``last`` keeps the
+    last file decoded (or its Quarantine), so the slices of a volume asked for one by one (the
+    challenge's held-out images, listed in order) decode it once."""
     match = FRAME.search(url)
     file_url = url[: match.start()] if match else url
-    try:
-        data = resolve(file_url).read_bytes(published.limits.max_bytes)
-    except (OSError, StorageError) as exc:
-        raise Quarantine(UNREADABLE, f"cannot read ({type(exc).__name__}: {exc})") from None
-    images = decode_file(file_url, data, published.limits, published.clinical)
+    if file_url not in last:
+        last.clear()
+        try:
+            last[file_url] = _decode(file_url, published)
+        except Quarantine as exc:
+            last[file_url] = exc
+    images = last[file_url]
+    if isinstance(images, Quarantine):
+        raise images
     frames = [f for f in images.frames if not match or f.suffix == match.group(0)]
     if not frames:
         raise Quarantine(UNREADABLE, f"the file holds no {match.group(0)[1:]} (or not kept)")
@@ -156,6 +165,14 @@ def _load(url: str, published: PublishedModel) -> list[tuple[str, np.ndarray, st
     ]
 
 
+def _decode(file_url: str, published: PublishedModel) -> FileImages:
+    try:
+        data = resolve(file_url).read_bytes(published.limits.max_bytes)
+    except (OSError, StorageError) as exc:
+        raise Quarantine(UNREADABLE, f"cannot read ({type(exc).__name__}: {exc})") from None
+    return decode_file(file_url, data, published.limits, published.clinical)
+
+
 def predict_batches(
     published: PublishedModel, urls: Sequence[str], batch_size: int = BATCH_SIZE
 ) -> Iterator[Batch]:
@@ -164,11 +181,12 @@ def predict_batches(
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     side = published.preprocess.image_size
+    last: dict[str, FileImages | Quarantine] = {}
     for start in range(0, len(urls), batch_size):
         pixels, files, unreadable = [], [], []
         for url in urls[start : start + batch_size]:
             try:
-                loaded = _load(url, published)
+                loaded = _load(url, published, last)
             except Quarantine as exc:
                 unreadable.append(Unreadable(url, exc.reason, exc.detail))
                 continue
