@@ -19,6 +19,7 @@ from typing import Any
 from safetensors.torch import save as safetensors_bytes
 
 from braintl.champion import champion_model
+from braintl.data.clinical import ClinicalConfig
 from braintl.data.decode import DecodeLimits
 from braintl.data.listing import DEFAULT_LABEL_MAP, POSITIVE_LABEL
 from braintl.data.preprocess import PreprocessConfig
@@ -59,6 +60,11 @@ class PublishedModel:
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(**self.info["decode"])
+
+    @property
+    def clinical(self) -> ClinicalConfig:
+        """DICOM windows and NIfTI slices as training read them (defaults for older models)."""
+        return ClinicalConfig(**self.info.get("clinical", {}))
 
     def label(self, probability: float) -> str:
         """The label at the model's threshold (tumor when probability >= threshold)."""
@@ -114,6 +120,7 @@ def publish_model(run_url: str) -> dict[str, str]:
                 for k in ("min_side", "max_pixels", "max_bytes")
                 if k in data_config
             },
+            "clinical": data_config.get("clinical", {}),
             "labels": {"1": POSITIVE_LABEL, "0": NEGATIVE_LABEL},
             "label_map": data_config.get("label_map", DEFAULT_LABEL_MAP),
             "fingerprint": data["fingerprint"],

@@ -42,6 +42,7 @@ from braintl import progress, replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
 from braintl.champion import ChampionRule
 from braintl.codeversion import code_key
+from braintl.data.clinical import ClinicalConfig
 from braintl.data.prepare import DataConfig
 from braintl.data.provenance import GroupBy
 from braintl.errors import UserError
@@ -147,6 +148,9 @@ class RetrainParams(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     group_by: GroupBy = Field(None, description="regex: equal (?P<group>...) of paths = one source")
     manifest_url: str | None = Field(None, description="CSV path,label,group: labels and groups")
+    clinical: ClinicalConfig = Field(
+        default_factory=ClinicalConfig, description="DICOM windows and groups, NIfTI slices"
+    )
     augment: bool = Field(False, description="offline augmentation of training partitions")
     seed: int = Field(0, ge=0)
     tuning: Literal["sweep", "seed"] = Field(
@@ -274,6 +278,7 @@ class RetrainParams(BaseModel):
             seed=self.seed,
             group_by=self.group_by,
             manifest_url=self.manifest_url,
+            clinical=self.clinical,
             preprocess={"image_size": self.image_size},
             augment={"enabled": self.augment},
         )

@@ -9,13 +9,17 @@ import io
 import json
 import shutil
 
+import nibabel
 import numpy as np
 import pytest
+from dicom_files import write_dicom
 from PIL import Image
+from pydicom import dcmread
 from small_run import small_run
 from tolerances import probability_tolerance
 
 from braintl.cli import main
+from braintl.data.pseudonyms import SALT_ENV
 from braintl.data.tensors import TensorSet
 from braintl.publish import load_model
 from braintl.storage import resolve
@@ -124,3 +128,30 @@ def test_gradcam_writes_one_overlay_per_scored_image(retrained, tmp_path, capsys
         with Image.open(url) as overlay:
             assert overlay.format == "PNG" and overlay.size == (32, 32)
             assert np.asarray(overlay).std() > 0
+
+
+def test_dicom_frames_and_nifti_slices_are_rows(retrained, tmp_path, capsys, monkeypatch):
+    """A multi-frame DICOM of three phantoms scores as the three PNGs do (its window maps 0..255
+    to itself), one row a frame with its hashed SOPInstanceUID; a volume gives one row a slice,
+    and a slice asked for alone scores as in its volume."""
+    monkeypatch.setenv(SALT_ENV, "predict-salt")
+    pngs = sorted((retrained.data / "yes").iterdir())[:3]
+    grey = np.stack([np.asarray(Image.open(p).convert("L")) for p in pngs])
+    dicom = write_dicom(tmp_path / "c" / "multi.dcm", grey, patient_id="P", window=(127.5, 255))
+    stack = np.stack([np.flipud(g).T for g in grey], axis=-1).astype(np.int16)
+    volume = tmp_path / "c" / "vol.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(stack, np.eye(4)), volume)
+    model = ["--model", retrained.record["run_url"]]
+    as_png = _predict_json(capsys, *map(str, pngs), *model)["predictions"]
+    out = _predict_json(capsys, str(tmp_path / "c"), *model)
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in out["predictions"]}
+    frames = [rows[f"multi.dcm#frame={i}"] for i in (1, 2, 3)]
+    for frame, png in zip(frames, as_png, strict=True):
+        assert frame["probability"] == pytest.approx(png["probability"], abs=1e-5)
+    instance = frames[0]["instance"]
+    assert instance.startswith("instance-") and {f["instance"] for f in frames} == {instance}
+    assert str(dcmread(dicom).SOPInstanceUID) not in json.dumps(out)
+    assert {f"vol.nii.gz#slice={i}" for i in range(3)} <= rows.keys()
+    alone = _predict_json(capsys, f"{volume}#slice=1", *model)["predictions"]
+    assert [r["file"] for r in alone] == [f"{volume}#slice=1"]
+    assert alone[0]["probability"] == pytest.approx(rows["vol.nii.gz#slice=1"]["probability"])
