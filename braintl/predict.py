@@ -1,5 +1,10 @@
 """Apply a published model to new scans, decoded and preprocessed exactly as training's were.
 
+The model is the package's fold ensemble (the mean probability of its members; one member for
+``braintl train``'s package), at the package's threshold. :func:`probabilities` is the one entry
+for other code that scores images with a published model (external validation, the champion
+challenge goes through :func:`predict`).
+
 Images come from files, folders (searched recursively for image extensions) or storage URLs.
 Each is decoded by :func:`braintl.data.decode.decode` with the model's decode limits and
 preprocessed by :func:`braintl.data.preprocess.preprocess` with the model's settings, so the
@@ -16,14 +21,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from braintl.data.decode import UNREADABLE, Quarantine, decode
 from braintl.data.listing import IGNORED_NAMES, IMAGE_EXTENSIONS
 from braintl.data.preprocess import preprocess
 from braintl.errors import UserError
-from braintl.publish import PublishedModel
+from braintl.publish import PublishedModel, load_model
 from braintl.storage import StorageError, resolve
-from braintl.training import predict_proba
 
 BATCH_SIZE = 32
 CSV_COLUMNS = ("file", "probability", "label", "error")
@@ -144,7 +149,7 @@ def predict_batches(
             except Quarantine as exc:
                 unreadable.append(Unreadable(url, exc.reason, exc.detail))
         images = np.stack(pixels) if pixels else np.empty((0, 3, side, side), np.uint8)
-        probs = predict_proba(published.model, images) if pixels else np.empty(0)
+        probs = published.probabilities(images) if pixels else np.empty(0)
         rows = [
             Prediction(f, float(p), published.label(float(p)))
             for f, p in zip(files, probs, strict=True)
@@ -170,3 +175,35 @@ def predict(
         if on_batch is not None:
             on_batch(batch)
     return Predictions(published.url, published.threshold, rows, unreadable)
+
+
+def probabilities(
+    model: str | PublishedModel, images: Sequence[str] | np.ndarray | torch.Tensor
+) -> np.ndarray:
+    """Tumor probabilities of a published model (its URL or the loaded package), one per image.
+
+    ``images``: image files or storage URLs, decoded and preprocessed as the package says (an
+    unreadable one is an error naming it: :func:`predict` lists and skips them instead), or
+    uint8 N×3×S×S pixels already preprocessed with the package's settings (``preprocess``
+    in its model.json: a tensor cache built with them), S its image size.
+    """
+    published = model if isinstance(model, PublishedModel) else load_model(model)
+    if isinstance(images, np.ndarray | torch.Tensor):
+        side = published.preprocess.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, side, side):
+            raise UserError(
+                f"images of shape {tuple(images.shape)}: {published.url} takes uint8 N×3×"
+                f"{side}×{side}; preprocess them with its settings ({published.info['preprocess']})"
+                " or pass the image files"
+            )
+        if images.dtype not in (np.uint8, torch.uint8):
+            raise UserError(f"images of dtype {images.dtype}: pass uint8 pixels (0..255)")
+        return published.probabilities(images)
+    result = predict(published, list(images))
+    if result.unreadable:
+        raise UserError(
+            f"{len(result.unreadable)} of {len(images)} images unreadable, e.g. "
+            + "; ".join(f"{u.file}: {u.reason}: {u.detail}" for u in result.unreadable[:3])
+            + ". Remove them, or use braintl.predict.predict, which lists and skips them."
+        )
+    return np.asarray([row.probability for row in result.rows])
