@@ -5,7 +5,7 @@ the network) through a package of k members and through one, for each backbone a
 image size. Weights are random (none can be downloaded here): the cost does not depend on them.
 Each setting is scored once to warm up, then timed ``--repeats`` times; the best time counts.
 
-    python benchmarks/bench_predict.py --data ../shared/data/brain_mri   # writes predict_ensemble.json
+    python benchmarks/bench_predict.py --data ../shared/data/brain_mri  # predict_ensemble.json
 """
 
 from __future__ import annotations

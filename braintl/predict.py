@@ -62,6 +62,7 @@ class Batch:
 class Predictions:
     model_url: str
     threshold: float
+    members: int  # fold models whose mean probability is the model's
     rows: list[Prediction]
     unreadable: list[Unreadable]
 
@@ -69,6 +70,7 @@ class Predictions:
         return {
             "model": self.model_url,
             "threshold": self.threshold,
+            "members": self.members,
             "predictions": [asdict(r) for r in self.rows],
             "unreadable": [asdict(u) for u in self.unreadable],
         }
@@ -174,7 +176,7 @@ def predict(
         unreadable += batch.unreadable
         if on_batch is not None:
             on_batch(batch)
-    return Predictions(published.url, published.threshold, rows, unreadable)
+    return Predictions(published.url, published.threshold, len(published.members), rows, unreadable)
 
 
 def probabilities(

@@ -88,11 +88,12 @@ def test_model_card_has_every_field_filled_from_the_run(retrained):
         "source groups in more than one part: 0",
         "resized to 32 px",
         "fold ensemble of 2 models",
-        "(8 images in 8 source groups), with 95 % group-bootstrap intervals (1000 resamples",
         "## Limitations",
     ):
         assert expected in card
     assert SINGLE_FOLD not in card
+    groups = info["metrics"]["test_groups"]
+    assert f"(8 images in {groups} source groups), with 95 % group-bootstrap intervals (" in card
     assert re.search(
         r"\| auc \| \d+\.\d % \[\d+\.\d %, \d+\.\d %\] \| \d+\.\d % \| \d+\.\d % ± \d+\.\d \|", card
     )

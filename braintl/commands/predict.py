@@ -67,7 +67,10 @@ def run_predict(args: argparse.Namespace) -> int:
         print_json(result.to_json() | extra | {"gradcam": overlays.urls if overlays else {}})
         return 0
     rows = [(r.file, r.probability, r.label) for r in result.rows]
-    print(f"model {result.model_url} (tumor when probability >= {result.threshold:.4f})")
+    print(
+        f"model {result.model_url} (mean probability of {result.members} fold model(s); tumor "
+        f"when probability >= {result.threshold:.4f})"
+    )
     if rows:
         print(table(("file", "probability", "label"), rows))
     for bad in result.unreadable:
