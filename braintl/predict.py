@@ -1,5 +1,10 @@
 """Apply a published model to new scans, decoded and preprocessed exactly as training's were.
 
+The model is the package's fold ensemble (the mean probability of its members; one member for
+``braintl train``'s package), at the package's threshold. :func:`probabilities` is the one entry
+for other code that scores images with a published model (external validation, the champion
+challenge goes through :func:`predict`).
+
 Images come from files, folders (searched recursively for image, DICOM and NIfTI files) or
 storage URLs. Each is decoded by :func:`braintl.data.formats.decode_file` with the model's decode
 limits and clinical settings and preprocessed by :func:`braintl.data.preprocess.preprocess` with
@@ -20,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from braintl.data.clinical import FileImages
 from braintl.data.decode import UNREADABLE, Quarantine
@@ -27,9 +33,8 @@ from braintl.data.formats import decode_file
 from braintl.data.listing import IGNORED_NAMES, SCAN_EXTENSIONS, is_scan
 from braintl.data.preprocess import preprocess
 from braintl.errors import UserError
-from braintl.publish import PublishedModel
+from braintl.publish import PublishedModel, load_model
 from braintl.storage import StorageError, resolve
-from braintl.training import predict_proba
 
 BATCH_SIZE = 32
 CSV_COLUMNS = ("file", "probability", "label", "error", "instance")
@@ -65,6 +70,7 @@ class Batch:
 class Predictions:
     model_url: str
     threshold: float
+    members: int  # fold models whose mean probability is the model's
     rows: list[Prediction]
     unreadable: list[Unreadable]
 
@@ -72,6 +78,7 @@ class Predictions:
         return {
             "model": self.model_url,
             "threshold": self.threshold,
+            "members": self.members,
             "predictions": [asdict(r) for r in self.rows],
             "unreadable": [asdict(u) for u in self.unreadable],
         }
@@ -193,7 +200,7 @@ def predict_batches(
             pixels += [image for _, image, _ in loaded]
             files += [(file, instance) for file, _, instance in loaded]
         images = np.stack(pixels) if pixels else np.empty((0, 3, side, side), np.uint8)
-        probs = predict_proba(published.model, images) if pixels else np.empty(0)
+        probs = published.probabilities(images) if pixels else np.empty(0)
         rows = [
             Prediction(f, float(p), published.label(float(p)), instance)
             for (f, instance), p in zip(files, probs, strict=True)
@@ -218,4 +225,36 @@ def predict(
         unreadable += batch.unreadable
         if on_batch is not None:
             on_batch(batch)
-    return Predictions(published.url, published.threshold, rows, unreadable)
+    return Predictions(published.url, published.threshold, len(published.members), rows, unreadable)
+
+
+def probabilities(
+    model: str | PublishedModel, images: Sequence[str] | np.ndarray | torch.Tensor
+) -> np.ndarray:
+    """Tumor probabilities of a published model (its URL or the loaded package), one per image.
+
+    ``images``: image files or storage URLs, decoded and preprocessed as the package says (an
+    unreadable one is an error naming it: :func:`predict` lists and skips them instead), or
+    uint8 N×3×S×S pixels already preprocessed with the package's settings (``preprocess``
+    in its model.json: a tensor cache built with them), S its image size.
+    """
+    published = model if isinstance(model, PublishedModel) else load_model(model)
+    if isinstance(images, np.ndarray | torch.Tensor):
+        side = published.preprocess.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, side, side):
+            raise UserError(
+                f"images of shape {tuple(images.shape)}: {published.url} takes uint8 N×3×"
+                f"{side}×{side}; preprocess them with its settings ({published.info['preprocess']})"
+                " or pass the image files"
+            )
+        if images.dtype not in (np.uint8, torch.uint8):
+            raise UserError(f"images of dtype {images.dtype}: pass uint8 pixels (0..255)")
+        return published.probabilities(images)
+    result = predict(published, list(images))
+    if result.unreadable:
+        raise UserError(
+            f"{len(result.unreadable)} of {len(images)} images unreadable, e.g. "
+            + "; ".join(f"{u.file}: {u.reason}: {u.detail}" for u in result.unreadable[:3])
+            + ". Remove them, or use braintl.predict.predict, which lists and skips them."
+        )
+    return np.asarray([row.probability for row in result.rows])

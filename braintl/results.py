@@ -85,7 +85,7 @@ def cv_plan(folds: int, tuning: str, parts: dict | None = None) -> dict:
     }
 
 
-def _summary(values: list[Any]) -> dict:
+def fold_summary(values: list[Any]) -> dict:
     """Mean and sample sd of the defined values (undefined scores arrive as None or NaN)."""
     defined = [float(v) for v in values if v is not None and math.isfinite(v)]
     return {
@@ -130,7 +130,7 @@ def aggregate(records: list[dict], plan: dict | None = None) -> dict:
         }
         for part in PARTS:
             model[part] = {
-                m: _summary([(r.get(part) or {}).get(m) for r in group]) for m in METRICS
+                m: fold_summary([(r.get(part) or {}).get(m) for r in group]) for m in METRICS
             }
         models.append(model)
     models.sort(key=lambda m: -_or_inf(m["val"]["auc"]["mean"]))

@@ -1,6 +1,6 @@
-"""`braintl predict`: the run's own evaluation reproduced from the image files, unreadable files
-reported, the champion by default and ``--model latest`` through their pointers, Grad-CAM
-overlays."""
+"""`braintl predict`: the run's own evaluation (its fold ensemble) reproduced from the image
+files, unreadable files reported, the champion by default and ``--model latest`` through their
+pointers, Grad-CAM overlays; the library's ``probabilities`` for other callers."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from tolerances import probability_tolerance
 from braintl.cli import main
 from braintl.data.pseudonyms import SALT_ENV
 from braintl.data.tensors import TensorSet
+from braintl.errors import UserError
+from braintl.predict import probabilities
 from braintl.publish import load_model
 from braintl.storage import resolve
 
@@ -37,29 +39,47 @@ def _predict_json(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_predict_gives_the_probabilities_of_the_runs_evaluation(retrained, capsys):
-    """Every validation and test image of the published fold, scored from its file, gets the
-    probability the run's evaluation computed from the tensor cache."""
-    info = load_model(retrained.record["model"]).info
-    evaluation = resolve(info["source"]["metrics_url"]).read_json()["evaluation"]["predictions"]
+def test_predict_gives_the_ensemble_probabilities_of_the_runs_evaluation(retrained, capsys):
+    """Every held-out test image, scored from its file, gets the mean of the probabilities the
+    run's fold models computed from the tensor cache; the library's ``probabilities`` gives the
+    same from files and from the cached pixels."""
+    published = load_model(retrained.record["model"])
+    info = published.info
+    tests = [
+        resolve(m["source"]["metrics_url"]).read_json()["evaluation"]["predictions"]["test"]
+        for m in info["members"]
+    ]
     files = resolve(info["data"]["tensors_url"]).join("meta.json").read_json()["files"]
-    expected = {}
-    for part in ("val", "test"):
-        for index, prob in zip(evaluation[part]["index"], evaluation[part]["prob"], strict=True):
-            expected[str(retrained.data / files[index])] = prob
-    assert len(expected) == 16  # 8 validation (a third of 24) + 8 test images
-    out = _predict_json(capsys, *expected, "--model", retrained.record["run_url"])
+    paths = [str(retrained.data / files[index]) for index in tests[0]["index"]]
+    expected = np.mean([t["prob"] for t in tests], axis=0)
+    assert len(paths) == 8 and len(tests) == 2
+    out = _predict_json(capsys, *paths, "--model", retrained.record["run_url"])
     assert out["model"] == retrained.record["model"]
     assert out["unreadable"] == []
     got = {row["file"]: row["probability"] for row in out["predictions"]}
-    assert got.keys() == expected.keys()
+    assert list(got) == paths
     # Up to summation order (other batches; see tolerances), the images decoded alike.
     images = TensorSet.load(info["data"]["tensors_url"]).images
-    tol = probability_tolerance(load_model(retrained.record["model"]).model, images)
-    for file, prob in expected.items():
-        assert got[file] == pytest.approx(prob, abs=tol)
+    tol = max(probability_tolerance(m, images) for m in published.members)
+    np.testing.assert_allclose(list(got.values()), expected, rtol=0, atol=tol)
     for row in out["predictions"]:
         assert row["label"] == ("tumor" if row["probability"] >= out["threshold"] else "no_tumor")
+    assert out["threshold"] == info["threshold"]
+    from_files = probabilities(retrained.record["model"], paths)
+    np.testing.assert_array_equal(from_files, list(got.values()))
+    cached = probabilities(published, images[tests[0]["index"]])
+    np.testing.assert_allclose(cached, expected, rtol=0, atol=tol)
+
+
+def test_probabilities_refuses_pixels_of_another_size_and_unreadable_files(retrained, tmp_path):
+    published = load_model(retrained.record["model"])
+    with pytest.raises(UserError, match=r"takes uint8 N×3×32×32; preprocess them"):
+        probabilities(published, np.zeros((2, 3, 48, 48), np.uint8))
+    with pytest.raises(UserError, match="pass uint8 pixels"):
+        probabilities(published, np.zeros((2, 3, 32, 32), np.float32))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"1 of 1 images unreadable, e.g. .*empty\.png: empty"):
+        probabilities(published, [str(tmp_path / "empty.png")])
 
 
 def test_unreadable_images_are_listed_with_their_reason_and_the_rest_scored(
@@ -119,6 +139,7 @@ def test_model_champion_and_latest_resolve_through_their_pointers(retrained, tmp
 
 
 def test_gradcam_writes_one_overlay_per_scored_image(retrained, tmp_path, capsys):
+    """The ensemble's overlay: the mean of its members' heatmaps."""
     images = [str(p) for p in sorted((retrained.data / "yes").iterdir())[:3]]
     out = _predict_json(
         capsys, *images, "--runs", str(retrained.out), "--gradcam", str(tmp_path / "cam")
