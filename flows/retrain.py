@@ -430,7 +430,9 @@ def _retrain(params: RetrainParams) -> dict | State:
     claimed = claim_run(params.out_url, run_key, owner=str(current_flow_run.id))
     run_id = claimed["run_id"]
     run = resolve(params.out_url).join("runs", run_id)
-    print(f"{'resuming interrupted' if claimed['resumed'] else 'new'} run {run_id}: {run.url}")
+    started = f"{'resuming interrupted' if claimed['resumed'] else 'new'} run {run_id}: {run.url}"
+    print(started)
+    progress.note(started)
     if claimed["warning"]:
         print(f"WARNING: the run lease is not atomic here: {claimed['warning']}")
     write_run_file(

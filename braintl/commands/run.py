@@ -201,7 +201,7 @@ def run_flow(args: argparse.Namespace) -> int:
         models = f"{len(params.pairs())} models × {params.folds} folds"
         print(f"braintl run: {data} → {params.out_url}, profile {params.profile}, {models}")
     start = time.perf_counter()
-    display = ProgressDisplay(sys.stderr)
+    display = ProgressDisplay(sys.stderr, notes=not args.verbose)
     with prefect_console(args.verbose), progress.listening(display), contextlib.closing(display):
         state = retrain(params, return_state=True)
     seconds = time.perf_counter() - start
