@@ -198,9 +198,10 @@ def test_storage_outage_retries_then_fails_cleanly(s3_server, s3_bucket, monkeyp
 
 # `braintl run` options of the process scenarios: one trial of three epochs, so a kill after
 # the first epoch lands mid-sweep.
+# -v: the assertions read Prefect's task-state log lines, otherwise kept off the terminal.
 RUN_OPTIONS = (
     "--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "3", "--folds", "3",
-    "--num-samples", "1", "--json",
+    "--num-samples", "1", "--json", "-v",
 )  # fmt: skip
 LEASE_S = 15  # a run's lease in these processes: a killed run is resumable this long after
 
