@@ -21,7 +21,7 @@ from braintl.data.decode import UNREADABLE, Quarantine, decode
 from braintl.data.listing import IGNORED_NAMES, IMAGE_EXTENSIONS
 from braintl.data.preprocess import preprocess
 from braintl.errors import UserError
-from braintl.publish import PublishedModel
+from braintl.publish import PublishedModel, load_model
 from braintl.storage import StorageError, resolve
 from braintl.training import predict_proba
 
@@ -170,3 +170,10 @@ def predict(
         if on_batch is not None:
             on_batch(batch)
     return Predictions(published.url, published.threshold, rows, unreadable)
+
+
+def score_published(model_url: str, urls: Sequence[str]) -> Predictions:
+    """Load the published package at ``model_url`` and score ``urls`` with it: the one call by
+    which a stage scores with a published model (external validation), so that a change of
+    what a package holds (a fold ensemble) is met in one place."""
+    return predict(load_model(model_url), urls)
