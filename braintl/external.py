@@ -38,7 +38,6 @@ from braintl.uncertainty import BOOTSTRAP_RESAMPLES, bootstrap_metrics
 
 EXTERNAL_FILE = "external.json"
 BOOTSTRAP_SEED = 0
-SHOWN_COPIES = 20  # copies listed by name per source; all are counted
 INTERNAL = "internal test"
 METHOD = (
     "the published model at its validation threshold (nothing tuned on external data), images "
@@ -87,8 +86,7 @@ def screen(data_url: str, external_urls: Sequence[str], config: DataConfig) -> l
             "skipped": len(listing.skipped),
             "copies_removed": len(copies),
             "copies": [
-                {"file": rec.relpath, "of": dev_members[rec.group][:3]}
-                for _, rec in copies[:SHOWN_COPIES]
+                {"file": rec.relpath, "of": dev_members[rec.group][:3]} for _, rec in copies
             ],
             "quarantined": [
                 {"file": rec.relpath, "reason": rec.reason}
@@ -143,7 +141,8 @@ def validate(model_url: str, tensors_url: str, screened: list[dict]) -> dict:
     """The published model at ``model_url`` on its run's held-out test set (the tensor set at
     ``tensors_url``, images with a file) and on every screened external set."""
     internal = held_out(tensors_url)
-    sets = [({"name": INTERNAL, "url": None}, internal.urls, internal.y, internal.groups)]
+    mine = {"name": INTERNAL, "url": None, "without_file": internal.without_file}
+    sets = [(mine, internal.urls, internal.y, internal.groups)]
     for s in screened:
         members = s["members"]
         info = {k: v for k, v in s.items() if k != "members"}

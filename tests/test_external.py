@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import ray
 from PIL import Image
-from temporary_prefect import run_retrain
+from temporary_prefect import temporary_prefect
 
 from braintl import external
 from braintl.cli import build_parser
@@ -18,7 +19,8 @@ from braintl.commands.run import params_from_args
 from braintl.data.phantoms import Scanner, write_phantom_dataset
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
-from flows.retrain import RetrainParams
+from braintl.timeouts import PREPARE_SECONDS_PER_FILE, Timeouts
+from flows.retrain import RetrainParams, retrain
 
 OTHER_SCANNER = Scanner(gamma=1.6, noise=2.5)
 
@@ -85,6 +87,10 @@ def test_external_urls_from_the_form_and_the_command_line(tmp_path):
     ]:
         with pytest.raises(ValueError, match=expected):
             RetrainParams(data_url=data, external_data_urls=urls)
+    # Screening and scoring each read the development data and every external set once.
+    per_set = 1000 * PREPARE_SECONDS_PER_FILE
+    assert Timeouts(scale=1e3).external(DataConfig(max_images=1000), 2) == 1e3 * 3 * per_set
+    assert Timeouts(external_s=5).external(DataConfig(), 2) == 5
 
 
 def test_scores_count_a_group_once():
@@ -118,7 +124,17 @@ def test_flow_scores_the_published_model_on_external_sets(tmp_path):
         test_fraction=0.25,
         sweep={"num_samples": 1},
     )
-    state = run_retrain(params, tmp_path / "prefect")
+    missing = str(tmp_path / "nowhere")
+    ray.shutdown()
+    try:
+        with temporary_prefect(tmp_path / "prefect"):
+            bad = params.model_copy(update={"external_data_urls": [ext, missing]})
+            refused = retrain(bad, return_state=True)
+            assert refused.is_failed() and f"--external {missing}: " in refused.message
+            assert not out.exists()  # before any training: nothing prepared, no run
+            state = retrain(params, return_state=True)
+    finally:
+        ray.shutdown()
     assert state.is_completed(), state.message
     record = state.result()
     run = Path(record["run_url"])

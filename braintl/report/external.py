@@ -11,6 +11,7 @@ from braintl.report import plots
 from braintl.report.tables import interval_of
 from braintl.storage import Location
 
+SHOWN_COPIES = 20  # copies named per set on the page; external.json lists them all
 SCORE_NAMES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity"}
 
 
@@ -75,20 +76,19 @@ def section(validation: dict | None, images: dict[str, str]) -> str:
     copies = "".join(
         f"<li>{escape(s['name'])}: {escape(c['file'])} = {escape(', '.join(c['of']))}</li>"
         for s in validation["sources"]
-        for c in s.get("copies", [])
+        for c in s.get("copies", [])[:SHOWN_COPIES]
     )
+    named = f"Copies removed (up to {SHOWN_COPIES} per set named; external.json lists all)"
     return (
         table
         + "</tbody></table>"
         + f'<p class="note">Scores in %, threshold {validation["threshold"]:.4f}: '
         f"{escape(validation['method'])}. Copies removed: external images whose source group "
-        "(exact, near or transformed copy) holds a development scan.</p>"
+        "(exact, near or transformed copy) holds a development scan. The internal test row is "
+        "the published model itself on this run's held-out test scans, the same estimand as "
+        "the external rows; Table 1's estimate may differ from it.</p>"
         + plots_html
-        + (
-            f"<details><summary>Copies removed</summary><ul>{copies}</ul></details>"
-            if copies
-            else ""
-        )
+        + (f"<details><summary>{named}</summary><ul>{copies}</ul></details>" if copies else "")
     )
 
 
