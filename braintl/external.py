@@ -27,8 +27,8 @@ from sklearn.metrics import roc_curve
 
 from braintl.challenge import held_out
 from braintl.data.decode import DecodeLimits
-from braintl.data.listing import Listing, label_index, list_images
-from braintl.data.manifest import LABEL_CONFLICT, OK, QUARANTINED, scan
+from braintl.data.listing import ImageRef, Listing, label_index, list_images
+from braintl.data.manifest import LABEL_CONFLICT, OK, QUARANTINED, Record, scan
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
 from braintl.metrics import evaluate, json_safe, reliability_bins
@@ -70,41 +70,42 @@ def screen(data_url: str, external_urls: Sequence[str], config: DataConfig) -> l
     for record in records[:start]:
         if record.group >= 0:
             dev_members[record.group].append(record.relpath)
-    names = _names([e.root for e in externals])
     screened = []
-    for listing, name in zip(externals, names, strict=True):
+    for listing, name in zip(externals, _names([e.root for e in externals]), strict=True):
         mine = list(zip(listing.images, records[start : start + len(listing.images)], strict=True))
         start += len(listing.images)
-        copies = [(ref, rec) for ref, rec in mine if rec.group in dev_members]
-        kept = [
-            (ref, rec) for ref, rec in mine if rec.status == OK and rec.group not in dev_members
-        ]
-        source = {
-            "name": name,
-            "url": listing.root,
-            "listed": len(listing.images),
-            "skipped": len(listing.skipped),
-            "copies_removed": len(copies),
-            "copies": [
-                {"file": rec.relpath, "of": dev_members[rec.group][:3]} for _, rec in copies
-            ],
-            "quarantined": [
-                {"file": rec.relpath, "reason": rec.reason}
-                for _, rec in mine
-                if rec.status == QUARANTINED
-            ],
-            "label_conflicts": sum(
-                rec.status == LABEL_CONFLICT and rec.group not in dev_members for _, rec in mine
-            ),
-            "per_label": dict(sorted(Counter(rec.label for _, rec in kept).items())),
-            "members": [
-                {"url": ref.url, "y": label_index(rec.label), "group": rec.group}
-                for ref, rec in kept
-            ],
-        }
-        _check_usable(source)
-        screened.append(source)
+        screened.append(_screened(name, listing, mine, dev_members))
+        _check_usable(screened[-1])
     return screened
+
+
+def _screened(
+    name: str, listing: Listing, mine: list[tuple[ImageRef, Record]], dev: dict[int, list[str]]
+) -> dict:
+    """One external set's record: ``mine`` pairs its files with their scanned records, ``dev``
+    maps the groups holding development scans to those scans."""
+    copies = [rec for _, rec in mine if rec.group in dev]
+    kept = [(ref, rec) for ref, rec in mine if rec.status == OK and rec.group not in dev]
+    return {
+        "name": name,
+        "url": listing.root,
+        "listed": len(listing.images),
+        "skipped": len(listing.skipped),
+        "copies_removed": len(copies),
+        "copies": [{"file": rec.relpath, "of": dev[rec.group][:3]} for rec in copies],
+        "quarantined": [
+            {"file": rec.relpath, "reason": rec.reason}
+            for _, rec in mine
+            if rec.status == QUARANTINED
+        ],
+        "label_conflicts": sum(
+            rec.status == LABEL_CONFLICT and rec.group not in dev for _, rec in mine
+        ),
+        "per_label": dict(sorted(Counter(rec.label for _, rec in kept).items())),
+        "members": [
+            {"url": ref.url, "y": label_index(rec.label), "group": rec.group} for ref, rec in kept
+        ],
+    }
 
 
 def _listing(url: str, label_map: dict[str, str]) -> Listing:

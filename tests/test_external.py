@@ -88,8 +88,8 @@ def test_external_urls_from_the_form_and_the_command_line(tmp_path):
         with pytest.raises(ValueError, match=expected):
             RetrainParams(data_url=data, external_data_urls=urls)
     # Screening and scoring each read the development data and every external set once.
-    per_set = 1000 * PREPARE_SECONDS_PER_FILE
-    assert Timeouts(scale=1e3).external(DataConfig(max_images=1000), 2) == 1e3 * 3 * per_set
+    per_set = 100_000 * PREPARE_SECONDS_PER_FILE
+    assert Timeouts().external(DataConfig(max_images=100_000), 2) == 3 * per_set
     assert Timeouts(external_s=5).external(DataConfig(), 2) == 5
 
 
