@@ -431,10 +431,9 @@ def external_lines(external: dict | None) -> list[str]:
     for row in [external["internal"], *external["sources"]]:
         name = row["name"] + (f" (`{row['url']}`)" if row.get("url") else "")
         figures = [_interval(row.get(k)) for k in ("auc", "sensitivity", "specificity")]
+        copies = "–" if row.get("copies_removed") is None else row["copies_removed"]
         lines.append(
-            f"| {name} | {row['n']} ({row['groups']}) | {row.get('copies_removed', '')} | "
-            + " | ".join(figures)
-            + " |"
+            f"| {name} | {row['n']} ({row['groups']}) | {copies} | " + " | ".join(figures) + " |"
         )
     return lines
 
