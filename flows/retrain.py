@@ -432,12 +432,13 @@ def _retrain(params: RetrainParams) -> dict | State:
     data_url = data_source(params.data_url, params.out_url)
     data_config = params.data_config()
     external_timeout = params.timeouts.external(data_config, len(params.external_data_urls))
+    inputs = (data_url, params.out_url, data_config, snapshot(data_url, params.manifest_url))
     screened = []
     if params.external_data_urls:  # a bad external folder fails here, before any training
-        screen = screen_external.with_options(timeout_seconds=external_timeout)
-        screened = screen(data_url, params.external_data_urls, data_config)
+        snapshots = [inputs[-1], *(snapshot(url) for url in params.external_data_urls)]
+        screen = screen_external.with_options(timeout_seconds=external_timeout, **shared)
+        screened = screen(data_url, params.external_data_urls, data_config, snapshots)
         lap("screen-external")
-    inputs = (data_url, params.out_url, data_config, snapshot(data_url, params.manifest_url))
     prepare_timeout = params.timeouts.prepare(data_config)
     prepare = prepare_data.with_options(timeout_seconds=prepare_timeout, **shared)
     prepared = prepare(*inputs)

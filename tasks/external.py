@@ -8,13 +8,18 @@ from prefect.artifacts import create_markdown_artifact
 
 from braintl import external, publish, runlease
 from braintl.data.prepare import DataConfig
+from tasks.caching import COMPUTED
 from tasks.data import STORAGE_RETRIES
 
 
-@task(name="screen-external", **STORAGE_RETRIES)
-def screen_external(data_url: str, external_urls: list[str], config: DataConfig) -> list[dict]:
+@task(name="screen-external", cache_policy=COMPUTED, persist_result=True, **STORAGE_RETRIES)
+def screen_external(
+    data_url: str, external_urls: list[str], config: DataConfig, snapshots: list[str]
+) -> list[dict]:
     """List, decode and de-duplicate the external sets against the development data; a bad
-    folder fails here, before any training."""
+    folder fails here, before any training. Cached, like prepare, on the inputs and the
+    ``snapshots`` of the development data and each external set (see ``tasks.data.snapshot``):
+    a night with nothing changed decodes nothing again."""
     screened = external.screen(data_url, external_urls, config)
     for source in screened:
         print(
