@@ -23,7 +23,6 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from braintl.challenge import held_out
 from braintl.data.decode import DecodeLimits
@@ -31,7 +30,7 @@ from braintl.data.listing import ImageRef, Listing, label_index, list_images
 from braintl.data.manifest import LABEL_CONFLICT, OK, QUARANTINED, Record, scan
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
-from braintl.metrics import evaluate, json_safe, reliability_bins
+from braintl.metrics import evaluate, json_safe, reliability_bins, roc_curve
 from braintl.predict import score_published
 from braintl.storage import resolve
 from braintl.uncertainty import BOOTSTRAP_RESAMPLES, bootstrap_metrics
