@@ -131,7 +131,8 @@ def test_flow_scores_the_published_model_on_external_sets(tmp_path):
             bad = params.model_copy(update={"external_data_urls": [ext, missing]})
             refused = retrain(bad, return_state=True)
             assert refused.is_failed() and f"--external {missing}: " in refused.message
-            assert not out.exists()  # before any training: nothing prepared, no run
+            # Before any training: nothing prepared, no run (OUT/.prefect holds task results).
+            assert not (out / "cache").exists() and not (out / "runs").exists()
             state = retrain(params, return_state=True)
     finally:
         ray.shutdown()
