@@ -29,6 +29,7 @@ from braintl.errors import UserError
 from braintl.metrics import check_predictions, json_safe
 from braintl.storage import COMPLETE_MARKER, resolve
 from braintl.uncertainty import delong_test, group_members
+from braintl.urls import within
 
 CHAMPION = "champion.json"
 HISTORY = "champions.jsonl"
@@ -187,7 +188,7 @@ def champion_model(out_url: str) -> str:
             "under this output). Use `--model latest` for the last completed run's model, or "
             "`braintl model promote RUN` to make a run's model the champion."
         )
-    return current["model"]
+    return within(current["model"], out_url, resolve(out_url).join(CHAMPION).url)
 
 
 def new_record(
@@ -222,6 +223,8 @@ def completed_run(out_url: str, run: str) -> dict:
         )
     record = loc.join(COMPLETE_MARKER).read_json()
     model = record.get("model")
+    if model:  # a run publishes its model inside itself
+        within(model, loc.url, loc.join(COMPLETE_MARKER).url)
     if not model or not resolve(model).is_complete():
         raise UserError(f"run {record.get('run_id', run)} ({loc.url}) has no published model")
     return record

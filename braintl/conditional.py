@@ -22,12 +22,11 @@ import functools
 import hashlib
 import os
 import posixpath
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from braintl.storage import Location, StorageError, guarded
+from braintl.storage import Location, StorageError, guarded, local_replace, local_temporary
 
 # What S3 answers a write whose condition failed: 412, or 409 while another conditional write
 # of the same key is in flight (AWS).
@@ -235,16 +234,8 @@ def _local_read(location: Location) -> Versioned:
     return Versioned(data, _digest(data))
 
 
-def _temporary(location: Location, data: bytes) -> str:
-    os.makedirs(posixpath.dirname(location.path), exist_ok=True)
-    tmp = f"{location.path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    return tmp
-
-
 def _local_create(location: Location, data: bytes) -> str:
-    tmp = _temporary(location, data)
+    tmp = local_temporary(location.path, data)
     try:
         os.link(tmp, location.path)
     except FileExistsError as exc:
@@ -271,7 +262,7 @@ def _local_replace(location: Location, data: bytes, expect: str) -> str:
         current = read(location)
         if current is None or current.version != expect:
             raise ConditionFailed(location.url)
-        os.replace(_temporary(location, data), location.path)
+        local_replace(location.path, data)
     return _digest(data)
 
 

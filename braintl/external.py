@@ -11,7 +11,7 @@ TRIPOD+AI ask for it). Two steps, apart in time:
   development image is a copy of a scan the model may have trained on: removed and counted, so
   the external figure is not flattered by it.
 - :func:`validate`, after publishing: the published model scores the remaining images and the
-  run's own held-out test images the same way (:func:`braintl.predict.score_published`, as
+  run's own held-out test images the same way (:func:`braintl.predict.probabilities`, as
   ``braintl predict`` would), at the threshold chosen on validation. Nothing is tuned on an
   external set. Intervals are group bootstraps: copies inside an external set count once.
 """
@@ -21,17 +21,19 @@ from __future__ import annotations
 import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from braintl.challenge import held_out
 from braintl.data.decode import DecodeLimits
-from braintl.data.listing import ImageRef, Listing, label_index, list_images
+from braintl.data.listing import Listing, label_index, list_images
 from braintl.data.manifest import LABEL_CONFLICT, OK, QUARANTINED, Record, scan
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
 from braintl.metrics import evaluate, json_safe, reliability_bins, roc_curve
-from braintl.predict import score_published
+from braintl.predict import probabilities
+from braintl.publish import load_model
 from braintl.storage import resolve
 from braintl.uncertainty import BOOTSTRAP_RESAMPLES, bootstrap_metrics
 
@@ -56,35 +58,43 @@ def screen(data_url: str, external_urls: Sequence[str], config: DataConfig) -> l
     empty, or keeps fewer than two labels."""
     externals = [_listing(url, config.label_map) for url in external_urls]
     development = list_images(data_url, config.label_map)
-    images = development.images + tuple(ref for e in externals for ref in e.images)
+    sets = [development, *externals]
+    # Each set's files under its own prefix: two sets may hold equal relative paths, and a
+    # volume's file becomes several records (its slices).
+    tagged = tuple(
+        replace(ref, relpath=f"{k}/{ref.relpath}")
+        for k, listing in enumerate(sets)
+        for ref in listing.images
+    )
     manifest = scan(
-        Listing(development.root, images, ()),
+        Listing(development.root, tagged, ()),
         DecodeLimits(config.min_side, config.max_pixels),
         config.near_distance,
         config.copy_distance,
+        clinical=config.clinical,
     )
-    records = manifest.records
-    start = len(development.images)
+    records: list[list[Record]] = [[] for _ in sets]
+    for record in manifest.records:
+        k, record.relpath = record.relpath.split("/", 1)
+        records[int(k)].append(record)
     dev_members: dict[int, list[str]] = defaultdict(list)
-    for record in records[:start]:
+    for record in records[0]:
         if record.group >= 0:
             dev_members[record.group].append(record.relpath)
     screened = []
-    for listing, name in zip(externals, _names([e.root for e in externals]), strict=True):
-        mine = list(zip(listing.images, records[start : start + len(listing.images)], strict=True))
-        start += len(listing.images)
+    names = _names([e.root for e in externals])
+    for listing, name, mine in zip(externals, names, records[1:], strict=True):
         screened.append(_screened(name, listing, mine, dev_members))
         _check_usable(screened[-1])
     return screened
 
 
-def _screened(
-    name: str, listing: Listing, mine: list[tuple[ImageRef, Record]], dev: dict[int, list[str]]
-) -> dict:
-    """One external set's record: ``mine`` pairs its files with their scanned records, ``dev``
-    maps the groups holding development scans to those scans."""
-    copies = [rec for _, rec in mine if rec.group in dev]
-    kept = [(ref, rec) for ref, rec in mine if rec.status == OK and rec.group not in dev]
+def _screened(name: str, listing: Listing, mine: list[Record], dev: dict[int, list[str]]) -> dict:
+    """One external set's record: ``mine`` are its scanned records, ``dev`` maps the groups
+    holding development scans to those scans."""
+    copies = [rec for rec in mine if rec.group in dev]
+    kept = [rec for rec in mine if rec.status == OK and rec.group not in dev]
+    root = resolve(listing.root)
     return {
         "name": name,
         "url": listing.root,
@@ -93,16 +103,15 @@ def _screened(
         "copies_removed": len(copies),
         "copies": [{"file": rec.relpath, "of": dev[rec.group][:3]} for rec in copies],
         "quarantined": [
-            {"file": rec.relpath, "reason": rec.reason}
-            for _, rec in mine
-            if rec.status == QUARANTINED
+            {"file": rec.relpath, "reason": rec.reason} for rec in mine if rec.status == QUARANTINED
         ],
         "label_conflicts": sum(
-            rec.status == LABEL_CONFLICT and rec.group not in dev for _, rec in mine
+            rec.status == LABEL_CONFLICT and rec.group not in dev for rec in mine
         ),
-        "per_label": dict(sorted(Counter(rec.label for _, rec in kept).items())),
+        "per_label": dict(sorted(Counter(rec.label for rec in kept).items())),
         "members": [
-            {"url": ref.url, "y": label_index(rec.label), "group": rec.group} for ref, rec in kept
+            {"url": root.join(rec.relpath).url, "y": label_index(rec.label), "group": rec.group}
+            for rec in kept
         ],
     }
 
@@ -148,21 +157,17 @@ def validate(model_url: str, tensors_url: str, screened: list[dict]) -> dict:
         info = {k: v for k, v in s.items() if k != "members"}
         y, groups = (np.array([m[k] for m in members], dtype=np.int64) for k in ("y", "group"))
         sets.append((info, [m["url"] for m in members], y, groups))
-    predictions = score_published(model_url, [url for _, urls, _, _ in sets for url in urls])
-    prob = {row.file: row.probability for row in predictions.rows}
-    scored_sets = []
-    for info, urls, y, groups in sets:
-        scored = np.array([url in prob for url in urls], dtype=bool)
-        p = np.array([prob[url] for url in urls if url in prob])
-        scored_sets.append(
-            info
-            | {"unreadable": int((~scored).sum())}
-            | score(y[scored], p, groups[scored], predictions.threshold)
-        )
+    published = load_model(model_url)
+    every = [url for _, urls, _, _ in sets for url in urls]
+    prob = dict(zip(every, probabilities(published, every), strict=True))
+    scored_sets = [
+        info | score(y, np.array([prob[url] for url in urls]), groups, published.threshold)
+        for info, urls, y, groups in sets
+    ]
     return json_safe(
         {
             "model": model_url,
-            "threshold": predictions.threshold,
+            "threshold": published.threshold,
             "method": METHOD,
             "internal": scored_sets[0],
             "sources": scored_sets[1:],

@@ -5,6 +5,11 @@ tumor logit's gradient, averaged over space, weights each channel; the weighted 
 is upsampled to the image. The feature map is detached and re-entered into the head, so the
 heatmap is the same whether or not a strategy froze the backbone. Qualitative only: a heatmap
 shows what the model used, not whether that is anatomy.
+
+A fold ensemble's heatmap (:func:`ensemble_grad_cam`) is the mean of its members' heatmaps, each
+scaled by its own maximum first: every member weighs the same, whatever the size of its
+gradients, and a region reaches 1 only where every member's map peaks, so the overlay also shows
+how far the members agree.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ def grad_cam(model, images: torch.Tensor) -> np.ndarray:
         return cam.clamp(0, 1).cpu().numpy()
     finally:
         model.train(was_training)
+
+
+def ensemble_grad_cam(models, images: torch.Tensor) -> np.ndarray:
+    """N×H×W heatmaps in [0, 1] of a fold ensemble: the mean of its members' :func:`grad_cam`."""
+    return np.mean([grad_cam(model, images) for model in models], axis=0)
 
 
 def overlay_png(image: np.ndarray | torch.Tensor, heatmap: np.ndarray) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import statistics
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 from braintl import conditional
 from braintl.metrics import json_safe
 from braintl.runlease import holder
-from braintl.storage import resolve
+from braintl.storage import Location, resolve
+
+log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 PARTS = ("val", "test")
@@ -82,7 +85,7 @@ def cv_plan(folds: int, tuning: str, parts: dict | None = None) -> dict:
     }
 
 
-def _summary(values: list[Any]) -> dict:
+def fold_summary(values: list[Any]) -> dict:
     """Mean and sample sd of the defined values (undefined scores arrive as None or NaN)."""
     defined = [float(v) for v in values if v is not None and math.isfinite(v)]
     return {
@@ -127,7 +130,7 @@ def aggregate(records: list[dict], plan: dict | None = None) -> dict:
         }
         for part in PARTS:
             model[part] = {
-                m: _summary([(r.get(part) or {}).get(m) for r in group]) for m in METRICS
+                m: fold_summary([(r.get(part) or {}).get(m) for r in group]) for m in METRICS
             }
         models.append(model)
     models.sort(key=lambda m: -_or_inf(m["val"]["auc"]["mean"]))
@@ -226,15 +229,26 @@ def unfinished_run(out_url: str, run_key: str, owner: str | None = None) -> str 
         return None
     for path in sorted(runs.fs.ls(runs.path, detail=False), reverse=True):
         run = runs.join(path.rstrip("/").rsplit("/", 1)[-1])
-        config = run.join("config.json")
         if (
             not run.is_complete()
-            and config.exists()
-            and config.read_json().get("run_key") == run_key
+            and _run_key(run) == run_key
             and holder(run) in (None, owner)  # else a run of the same settings still at work
         ):
             return path.rstrip("/").rsplit("/", 1)[-1]
     return None
+
+
+def _run_key(run: Location) -> str | None:
+    """The run key in ``run``'s config.json; None when there is none or it is unreadable (then
+    reported and the run skipped: one bad file must not stop every later run)."""
+    config = run.join("config.json")
+    if not config.exists():
+        return None
+    try:
+        return config.read_json()["run_key"]
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("%s: unreadable (%s); that run is skipped, never resumed", config.url, exc)
+        return None
 
 
 def publish_latest(out_url: str, record: dict) -> bool:
@@ -248,15 +262,35 @@ def publish_latest(out_url: str, record: dict) -> bool:
     Returns whether ``latest.json`` moved to this run.
     """
     run_id = record["run_id"]
+    target = resolve(out_url).join(LATEST)
 
     def older(current: bytes | None) -> bool:
-        return current is None or json.loads(current)["run_id"] < run_id
+        named = None if current is None else _latest_run_id(target, current)
+        return named is None or named < run_id
 
     document = json.dumps(json_safe(record), indent=2, sort_keys=True).encode()
-    return conditional.update(resolve(out_url).join(LATEST), document, older)
+    return conditional.update(target, document, older)
 
 
 def read_latest(out_url: str) -> dict | None:
-    """The last completed run's record, or None when no run has completed yet."""
+    """The last completed run's record, or None when no run has completed yet (or when
+    ``latest.json`` is unreadable: reported, and the next completed run replaces it)."""
     target = resolve(out_url).join(LATEST)
-    return target.read_json() if target.exists() else None
+    if not target.exists():
+        return None
+    data = target.read_bytes()
+    return json.loads(data) if _latest_run_id(target, data) is not None else None
+
+
+def _latest_run_id(target: Location, data: bytes) -> str | None:
+    """The run id ``latest.json`` names; None, with a warning, when it names none readable."""
+    try:
+        run_id = json.loads(data)["run_id"]
+        if isinstance(run_id, str):
+            return run_id
+        raise TypeError("run_id is not text")
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning(
+            "%s: unreadable (%s); ignored, the next completed run replaces it", target.url, exc
+        )
+        return None

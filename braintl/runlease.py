@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ LEASE = "lease.json"
 # How long a lease outlives its last renewal; renewed four times as often. Tests shorten it.
 SECONDS_ENV = "BRAINTL_RUN_LEASE_S"
 DEFAULT_SECONDS = 60.0
+log = logging.getLogger(__name__)
 
 
 class LeaseHeld(Exception):
@@ -67,10 +69,26 @@ def _document(owner: str) -> tuple[bytes, float]:
     return json.dumps({"owner": owner, "until": until}, sort_keys=True).encode(), until
 
 
+def _parse(location: Location, current: conditional.Versioned | None) -> dict | None:
+    """The lease document ``{"owner", "until"}``; None when absent or unreadable. An unreadable
+    one (a torn or hand-edited file) is reported and counts as expired, so it never blocks
+    every later run: the next taker replaces it, conditionally on the version it read."""
+    if current is None:
+        return None
+    try:
+        held = json.loads(current.data)
+        if isinstance(held["owner"], str) and isinstance(held["until"], int | float):
+            return held
+        raise TypeError("owner must be text and until a number")
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("%s: unreadable lease (%s); treated as expired", location.url, exc)
+        return None
+
+
 def holder(run: Location) -> str | None:
     """The owner holding the run's lease (renewed recently), or None."""
-    current = conditional.read(run.join(LEASE))
-    held = json.loads(current.data) if current else None
+    location = run.join(LEASE)
+    held = _parse(location, conditional.read(location))
     return held["owner"] if held and held["until"] > time.time() else None
 
 
@@ -83,10 +101,9 @@ def take(run_url: str, owner: str) -> Lease:
     warning = conditional.unsupported(location)
     for _ in range(3):
         current = conditional.read(location)
-        if current is not None:
-            held = json.loads(current.data)
-            if held["owner"] != owner and held["until"] > time.time():
-                raise LeaseHeld(f"{location.url}: held by {held['owner']} until {held['until']}")
+        held = _parse(location, current)
+        if held is not None and held["owner"] != owner and held["until"] > time.time():
+            raise LeaseHeld(f"{location.url}: held by {held['owner']} until {held['until']}")
         document, until = _document(owner)
         try:
             version = conditional.write(location, document, current and current.version)
@@ -110,7 +127,8 @@ def renew(lease: Lease) -> None:
                 lease.version = conditional.write(lease.location, document, lease.version)
                 lease.until = until
             except conditional.ConditionFailed:
-                owner = json.loads(current.data)["owner"] if current else "nobody (removed)"
+                held = _parse(lease.location, current)
+                owner = held["owner"] if held else "nobody (removed or unreadable)"
                 lease.lost = (
                     f"{lease.run.url}: this run ({lease.owner}) lost its lease, now held by "
                     f"{owner}; its own lease had lapsed (not renewed for {lease_seconds():g} s, "

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import posixpath
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,11 @@ import numpy as np
 from braintl.errors import UserError
 
 COMPLETE_MARKER = "_COMPLETE.json"
+# Storage protocols braintl opens (comma-separated); any other is refused before it is used.
+# Stored records name URLs too, so one pointing at http:// must not make braintl fetch it.
+PROTOCOLS_ENV = "BRAINTL_PROTOCOLS"
+DEFAULT_PROTOCOLS = "file,s3"
+_ALIASES = {"local": "file", "s3a": "s3"}  # fsspec's other names for the same file systems
 
 
 class StorageError(UserError):
@@ -48,6 +54,11 @@ class Location:
 
     def join(self, *parts: str) -> Location:
         path = posixpath.join(self.path, *parts)
+        return Location(self.fs, path, self._unstrip(path))
+
+    @property
+    def parent(self) -> Location:
+        path = posixpath.dirname(self.path.rstrip("/"))
         return Location(self.fs, path, self._unstrip(path))
 
     def _unstrip(self, path: str) -> str:
@@ -83,12 +94,8 @@ class Location:
                     "first or fix the output URL."
                 ) from exc
             return
-        tmp = f"{self.path}.tmp-{os.getpid()}"
         try:
-            os.makedirs(posixpath.dirname(self.path), exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, self.path)
+            local_replace(self.path, data)
         except OSError as exc:
             raise StorageError(
                 f"{self.url}: cannot write ({exc.strerror or exc}). Choose an output location "
@@ -124,6 +131,48 @@ class Location:
         self.join(COMPLETE_MARKER).write_json(info or {})
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: setting it is process-wide
+
+
+def local_temporary(path: str, data: bytes) -> str:
+    """A new file beside ``path`` holding ``data``, on disk, to be renamed or linked into place.
+
+    Its name is unique (``mkstemp`` in the target folder, so the rename stays on one file
+    system), so concurrent writers of one path never share a temporary file; it is fsynced
+    before the caller renames it, so a crash leaves the old or the new content, never an empty
+    file under the final name. Permissions are what ``open`` would give (mkstemp's 0600 would
+    hide outputs from the operator's group)."""
+    folder, name = posixpath.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def local_replace(path: str, data: bytes) -> None:
+    """Replace the local file ``path`` by ``data`` whole, through :func:`local_temporary`."""
+    tmp = local_temporary(path, data)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
 def _s3_connection_errors() -> tuple[type[Exception], ...]:
     """botocore's "endpoint unreachable" errors, which are no OSError (s3fs passes them on)."""
     try:
@@ -153,11 +202,25 @@ def guarded(url: str, func, *args):
         ) from exc
 
 
+def allowed_protocols() -> set[str]:
+    """The protocols :func:`resolve` accepts: ``$BRAINTL_PROTOCOLS``, else file and s3."""
+    given = os.environ.get(PROTOCOLS_ENV) or DEFAULT_PROTOCOLS
+    return {_ALIASES.get(p.strip(), p.strip()) for p in given.split(",") if p.strip()}
+
+
 def resolve(url: str | os.PathLike[str]) -> Location:
-    """Resolve a local path, ``file://`` or ``s3://`` URL to a :class:`Location`."""
+    """Resolve a local path, ``file://`` or ``s3://`` URL to a :class:`Location`; a protocol
+    not in :func:`allowed_protocols` is refused before any file system is made."""
     url = os.fspath(url)
     protocol, _ = fsspec.core.split_protocol(url)
     protocol = protocol or "file"
+    allowed = allowed_protocols()
+    if _ALIASES.get(protocol, protocol) not in allowed:
+        raise StorageError(
+            f"{url}: the {protocol!r} protocol is not allowed (allowed: "
+            f"{', '.join(sorted(allowed))}). Use a local path, file:// or s3://, or add the "
+            f"protocol to {PROTOCOLS_ENV} (comma-separated) if you mean it."
+        )
     try:
         fs = fsspec.filesystem(protocol, **storage_options(protocol))
     except ImportError as exc:

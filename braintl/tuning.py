@@ -8,8 +8,10 @@ the weak ones early. A trial trains one fold of the tensor cache with the ordina
 loop; its per-epoch checkpoint lives in storage next to the sweep, so a restored sweep resumes
 interrupted trials where they stopped and never reruns finished ones.
 
-Storage is any braintl URL (local folder or ``s3://``); S3 reaches Tune through pyarrow's
-fsspec bridge with the same s3fs (and the same ``AWS_*`` environment) as the rest of braintl.
+Nothing a resume reads from storage can run code: the sweep's state there is braintl's JSON
+trial table (:mod:`braintl.trialtable`) and weights-only checkpoints, while Ray Tune's own,
+pickled, state lives in a private temporary folder of the process running the sweep and is
+never restored. Storage is any braintl URL (local folder or ``s3://``).
 """
 
 from __future__ import annotations
@@ -18,27 +20,32 @@ import functools
 import logging
 import math
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 
-import pyarrow.fs
+import numpy as np
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from braintl import trialtable
 from braintl.credentials import keep_out_of_ray_logs
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
 from braintl.metrics import json_safe
-from braintl.storage import resolve
+from braintl.storage import Location, StorageError, resolve
 from braintl.training import TrainConfig, train
+from braintl.trialtable import Report, TrialTable
 
 METRIC = "val_auc"
 # Folds submitted at once (a run without a sweep) call ensure_ray from several threads.
 _RAY_INIT = threading.Lock()
 HYPERPARAMETERS = ("lr", "dropout", "head_units", "batch_size")
+log = logging.getLogger(__name__)
 
 
 class SweepConfig(BaseModel):
@@ -74,14 +81,25 @@ class SweepConfig(BaseModel):
             raise ValueError("batch sizes must be at least 2 (BatchNorm in the heads)")
         return self
 
-    def param_space(self, pairs: list[tuple[str, str]]) -> dict:
-        """Tune's search space: a grid over the pairs, random draws for the rest."""
+    def plan(self, pairs: list[tuple[str, str]], seed: int) -> dict[str, dict]:
+        """Every trial's choices, by trial id (``<backbone>-<strategy>-<k>``): a grid over the
+        pairs, seeded random draws for the rest, so the same inputs give the same trials."""
+        rng = np.random.default_rng(seed)
+        low, high = math.log(self.lr_min), math.log(self.lr_max)
+
+        def choose(options: tuple):
+            return options[int(rng.integers(len(options)))]
+
         return {
-            "model": tune.grid_search([f"{b}/{s}" for b, s in pairs]),
-            "lr": tune.loguniform(self.lr_min, self.lr_max),
-            "dropout": tune.choice(list(self.dropout_choices)),
-            "head_units": tune.choice(list(self.head_units_choices)),
-            "batch_size": tune.choice(list(self.batch_size_choices)),
+            f"{backbone}-{strategy}-{k}": {
+                "model": f"{backbone}/{strategy}",
+                "lr": math.exp(rng.uniform(low, high)),
+                "dropout": choose(self.dropout_choices),
+                "head_units": choose(self.head_units_choices),
+                "batch_size": choose(self.batch_size_choices),
+            }
+            for backbone, strategy in pairs
+            for k in range(self.num_samples)
         }
 
 
@@ -143,66 +161,96 @@ def trial_config(base: dict, trial: dict) -> TrainConfig:
     return TrainConfig(**{**base, "backbone": backbone, "strategy": strategy, **chosen})
 
 
-def _trial(config: dict, tensors_url: str, fold: int, base: dict, checkpoints_url: str) -> None:
+def _trial(
+    config: dict, tensors_url: str, fold: int, base: dict, checkpoints_url: str, plan: dict
+) -> None:
     """Train one trial, reporting validation AUC and loss to Tune after every epoch."""
     tensors = _tensors(tensors_url)
     train_idx, val_idx = tensors.fold(fold)
-    checkpoint = resolve(checkpoints_url).join(f"{tune.get_context().get_trial_id()}.pt")
+    trial_id = config["trial"]
+    checkpoint = resolve(checkpoints_url).join(f"{trial_id}.pt")
 
     def report(record: dict) -> None:
-        tune.report(
-            {
-                "val_auc": record["val_auc"],
-                "val_loss": record["val_loss"],
-                "train_loss": record["train_loss"],
-                "epoch": record["epoch"],
-            }
-        )
+        tune.report({k: record[k] for k in ("val_auc", "val_loss", "train_loss", "epoch")})
 
     train(
         tensors,
         train_idx,
         val_idx,
-        trial_config(base, config),
+        trial_config(base, plan[trial_id]),
         callback=report,
         checkpoint_url=checkpoint,
     )
 
 
-def _storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
-    """Tune's (storage_path, storage_filesystem) for a braintl storage URL."""
-    loc = resolve(url)
-    if loc.protocol == "file":
-        return loc.path, None
-    return loc.path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(loc.fs))
-
-
-def _short_error(error: BaseException | None) -> str | None:
+def _short_error(error: str | None) -> str | None:
     if error is None:
         return None
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
+    lines = [line for line in error.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "failed"
+
+
+def _error_text(trial) -> str | None:
+    """Tune's text error file, in this process's own folder: never its pickled twin."""
+    path = trial.error_file
+    if path is None or not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return fh.read()
 
 
 def _finite(value) -> float:
     return float(value) if value is not None and math.isfinite(value) else -math.inf
 
 
-class _TrialsEnded(tune.Callback):
-    """Counts ended trials for ``run_sweep``'s ``on_trial_end``."""
+class _TableWriter(tune.Callback):
+    """Keeps the trial table in storage current from Tune's events in this (the driver's)
+    process, and calls ``notify(ended, total)`` as trials end."""
 
-    def __init__(self, total: int, notify: Callable[[int, int], None]):
-        self.total, self.ended, self.notify = total, 0, notify
+    def __init__(
+        self, table: TrialTable, location: Location, notify: Callable[[int, int], None] | None
+    ):
+        self.table, self.location, self.notify = table, location, notify
+        self.ended = len(table.plan) - len(table.unfinished())
+
+    def _entry(self, trial) -> trialtable.Trial:
+        return self.table.trials[trial.config["trial"]]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._entry(trial).status = "running"
+        self._save()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        fields = {k: result.get(k) for k in ("val_auc", "val_loss", "train_loss")}
+        report = Report(epoch=result["epoch"], attempt=self.table.attempt, **fields)
+        self._entry(trial).reports.append(report)
+        self._save()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._entry(trial).restarts += 1
+        self._save()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._count()
+        self._end(trial, "finished", None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._count()
+        self._end(trial, "error", _short_error(_error_text(trial)) or "failed")
 
-    def _count(self) -> None:
+    def _save(self) -> None:
+        """A storage outage must not end the sweep: the table is written again at the next
+        event, and once more when the sweep ends (where a failure fails the sweep task)."""
+        try:
+            self.table.write(self.location)
+        except StorageError as exc:
+            log.warning("trial table not saved, retried at the next event: %s", exc)
+
+    def _end(self, trial, status: str, error: str | None) -> None:
+        entry = self._entry(trial)
+        entry.status, entry.error = status, error
+        self._save()
         self.ended += 1
-        self.notify(self.ended, self.total)
+        if self.notify:
+            self.notify(self.ended, len(self.table.plan))
 
 
 def run_sweep(
@@ -216,19 +264,20 @@ def run_sweep(
     ray_address: str | None = None,
     on_trial_end: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Run (or resume) the sweep stored at ``storage_url/name``; returns a JSON-able summary.
+    """Run (or resume) the sweep whose trial table is ``storage_url/<name>-trials.json``;
+    returns a JSON-able summary.
 
-    ``on_trial_end(ended, total)`` is called in this process each time a trial of a new sweep
-    ends (finished, stopped by ASHA or failed), so an orchestrator can show progress.
+    ``on_trial_end(ended, total)`` is called in this process each time a trial ends (finished,
+    stopped by ASHA or failed), so an orchestrator can show progress.
 
     ``base`` holds the TrainConfig fields common to all trials (epochs, weights, seed, ...).
     The result lists every trial and, per ``backbone/strategy``, the full training
     configuration of its best trial (highest validation AUC at any epoch; ties go to the
     trial that trained longer). A trial's ``stopped_early`` means it ended before the epoch
     budget without an error: ASHA stopped it (or the time budget, or the loop's own early
-    stopping where ``base`` asks for it). An experiment already at that path is restored, not
-    restarted: finished trials are kept, interrupted and errored ones resume from their
-    checkpoints (``best_val_auc`` then covers the epochs reported since the resume).
+    stopping where ``base`` asks for it). A sweep with a table at that path is resumed, not
+    restarted: finished trials are kept, interrupted and errored ones continue from their
+    weights-only checkpoints (ASHA then compares only the trials still running).
     """
     pairs = [tuple(p) for p in pairs]
     if not pairs:
@@ -238,63 +287,40 @@ def run_sweep(
     defaults = [TrainConfig(**{**base, "backbone": b, "strategy": s}) for b, s in pairs][0]
     tensors_url = resolve(tensors_url).url  # trials run in their own working directories
     storage = resolve(storage_url)
-    checkpoints_url = storage.join(f"{name}-trial-checkpoints").url
-    storage_path, filesystem = _storage(storage_url)
-    experiment_path = storage.join(name).path
-
-    ensure_ray(ray_address)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _trial, tensors_url=tensors_url, fold=fold, base=base, checkpoints_url=checkpoints_url
-        ),
-        {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial},
-    )
-    restored = tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem)
-    if restored:
-        tuner = tune.Tuner.restore(
-            experiment_path, trainable, resume_errored=True, storage_filesystem=filesystem
+    checkpoints = storage.join(f"{name}-trial-checkpoints")
+    plan = sweep.plan(pairs, defaults.seed)
+    where = storage.join(f"{name}-trials.json")
+    table = trialtable.read(where)
+    _ignore_tune_state(storage.join(name), where)
+    if table is not None and table.plan != plan:
+        raise UserError(
+            f"{where.url}: written for other sweep settings (trials differ). Delete it and "
+            f"{checkpoints.url} to start over, or pass another storage URL or sweep name"
         )
-    else:
-        scheduler = ASHAScheduler(
-            time_attr="epoch",  # not training_iteration: a resumed trial continues its epochs
-            metric=METRIC,
-            mode="max",
-            max_t=defaults.epochs,
-            grace_period=sweep.grace_period,
-            reduction_factor=sweep.reduction_factor,
+    restored = table is not None
+    if table is None:
+        table = TrialTable.new(plan)
+    elif table.unfinished():
+        table.attempt += 1
+        log.info(
+            "%s: resuming %d of %d trials from braintl's trial table and weights-only checkpoints",
+            where.url,
+            len(table.unfinished()),
+            len(plan),
         )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=sweep.param_space(pairs),
-            tune_config=tune.TuneConfig(
-                scheduler=scheduler,
-                # Seeded draws: the same inputs give the same trials. The concurrency limit
-                # goes here: Tune ignores max_concurrent_trials for a generator like this one.
-                search_alg=BasicVariantGenerator(
-                    random_state=defaults.seed, max_concurrent=sweep.max_concurrent_trials
-                ),
-                num_samples=sweep.num_samples,
-                time_budget_s=sweep.time_budget_s,
-                # A finished trial's worker takes the next one: no new process importing torch
-                # and the library (about 6 s a trial on 2 cores), and the tensors stay mapped.
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage_path,
-                storage_filesystem=filesystem,
-                verbose=0,
-                # A trial whose worker dies (preemption, OOM kill) restarts; its per-epoch
-                # checkpoint is keyed by trial id, so it continues after its last epoch.
-                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                callbacks=[_TrialsEnded(len(pairs) * sweep.num_samples, on_trial_end)]
-                if on_trial_end
-                else None,
-            ),
+    if table.unfinished():
+        table.write(where)
+        trainable = tune.with_parameters(
+            _trial,
+            tensors_url=tensors_url,
+            fold=fold,
+            base=base,
+            checkpoints_url=checkpoints.url,
+            plan=plan,
         )
-    grid = tuner.fit()
+        _fit(trainable, table, where, sweep, defaults.epochs, name, ray_address, on_trial_end)
     trials = sorted(
-        (_trial_record(result, base, defaults.epochs) for result in grid),
+        (_trial_record(i, plan[i], table.trials[i], base, defaults.epochs) for i in plan),
         key=lambda t: (t["backbone"], t["strategy"], t["trial_id"]),
     )
     best: dict[str, tuple[tuple[float, int], dict]] = {}
@@ -303,13 +329,11 @@ def run_sweep(
         rank = (_finite(trial["best_val_auc"]), trial["epochs_run"])
         if trial["epochs_run"] and (key not in best or rank > best[key][0]):
             best[key] = (rank, trial["config"])
-    if not any(t["error"] for t in trials):  # nothing left to resume: drop the checkpoints
-        checkpoints = resolve(checkpoints_url)
-        if checkpoints.exists():
-            checkpoints.fs.rm(checkpoints.path, recursive=True)
+    if not table.unfinished() and checkpoints.exists():  # nothing left to resume
+        checkpoints.fs.rm(checkpoints.path, recursive=True)
     return json_safe(
         {
-            "experiment_url": storage.join(name).url,
+            "trials_url": where.url,
             "restored": restored,
             "epochs": defaults.epochs,
             "trials": [{k: v for k, v in t.items() if k != "config"} for t in trials],
@@ -318,25 +342,89 @@ def run_sweep(
     )
 
 
-def _trial_record(result: tune.Result, base: dict, epochs: int) -> dict:
-    config = trial_config(base, result.config)
-    metrics = result.metrics or {}
-    frame = result.metrics_dataframe
-    reported = (
-        frame[METRIC].dropna().tolist() if frame is not None and METRIC in frame.columns else []
+def _ignore_tune_state(folder: Location, table: Location) -> None:
+    """Say so when storage holds a Tune experiment (an older braintl's, or planted): it is
+    pickled, so it is never restored."""
+    if folder.exists():
+        log.warning(
+            "%s: Ray Tune state there is ignored, never restored (it is pickled: restoring it "
+            "would run code a bucket writer put there); the sweep resumes from %s",
+            folder.url,
+            table.url,
+        )
+
+
+def _fit(
+    trainable,
+    table: TrialTable,
+    where: Location,
+    sweep: SweepConfig,
+    epochs: int,
+    name: str,
+    ray_address: str | None,
+    on_trial_end: Callable[[int, int], None] | None,
+) -> None:
+    """Run the table's unfinished trials with Tune, its state in a private temporary folder."""
+    ensure_ray(ray_address)
+    scheduler = ASHAScheduler(
+        time_attr="epoch",  # not training_iteration: a resumed trial continues its epochs
+        metric=METRIC,
+        mode="max",
+        max_t=epochs,
+        grace_period=sweep.grace_period,
+        reduction_factor=sweep.reduction_factor,
     )
-    epochs_run = int(metrics.get("epoch") or 0)
-    error = _short_error(result.error)
+    private = tempfile.mkdtemp(prefix="braintl-tune-")  # 0700: only this user reads it
+    try:
+        tune.Tuner(
+            tune.with_resources(
+                trainable, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
+            ),
+            param_space={"trial": tune.grid_search(table.unfinished())},
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler,
+                # The concurrency limit goes here: Tune ignores max_concurrent_trials for a
+                # generator like this one.
+                search_alg=BasicVariantGenerator(max_concurrent=sweep.max_concurrent_trials),
+                time_budget_s=sweep.time_budget_s,
+                # A finished trial's worker takes the next one: no new process importing torch
+                # and the library (about 6 s a trial on 2 cores), and the tensors stay mapped.
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=private,
+                verbose=0,
+                # A trial whose worker dies (preemption, OOM kill) restarts; its per-epoch
+                # checkpoint is keyed by trial id, so it continues after its last epoch.
+                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                callbacks=[_TableWriter(table, where, on_trial_end)],
+            ),
+        ).fit()
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    table.write(where)  # whatever the callbacks could not save during an outage
+
+
+def _trial_record(
+    trial_id: str, choices: dict, entry: trialtable.Trial, base: dict, epochs: int
+) -> dict:
+    config = trial_config(base, choices)
+    # A worker that died between reporting an epoch and checkpointing it reports it again.
+    by_epoch = {report.epoch: report for report in entry.reports}
+    reported = [by_epoch[e].val_auc for e in sorted(by_epoch)]
+    scores = [auc for auc in reported if auc is not None and math.isfinite(auc)]
+    epochs_run = max(by_epoch, default=0)
     return {
-        "trial_id": metrics.get("trial_id") or os.path.basename(result.path),
+        "trial_id": trial_id,
         "backbone": config.backbone,
         "strategy": config.strategy,
         **{k: getattr(config, k) for k in HYPERPARAMETERS},
-        "val_auc": metrics.get(METRIC),
-        "best_val_auc": max(reported) if reported else None,
+        "val_auc": reported[-1] if reported else None,
+        "best_val_auc": max(scores) if scores else None,
         "epochs_run": epochs_run,
-        "reports": len(frame) if frame is not None else 0,
-        "stopped_early": error is None and epochs_run < epochs,
-        "error": error,
+        "reports": len(by_epoch),
+        "stopped_early": entry.error is None and epochs_run < epochs,
+        "error": entry.error,
         "config": config.model_dump(),
     }

@@ -1,8 +1,13 @@
-"""Checks on user-given storage URLs that must hold before anything is read or written.
+"""Checks on storage URLs that must hold before anything is read or written.
 
 Credentials never travel inside a URL (``s3://KEY:SECRET@bucket``): such a URL would be
 stored with the run's parameters, printed in errors and written to ``config.json``. They come
 from the environment (``AWS_ACCESS_KEY_ID``, ...), a Prefect block or a Kubernetes Secret.
+
+URLs read from stored records (``latest.json``, ``champion.json``, ``results.json``, ...) are
+followed only inside the output root the record lies in (:func:`within`): whoever can write
+the bucket can edit a record, and must not steer braintl, with the operator's credentials, to
+another bucket, a local file or an internal server.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import posixpath
 import re
 
 from braintl.errors import UserError
-from braintl.storage import resolve
+from braintl.storage import StorageError, resolve
 
 # scheme://user[:password]@host... ; a local path holding "@" has no scheme and passes.
 _USERINFO = re.compile(r"^(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<userinfo>[^/@]*)@")
@@ -70,3 +75,36 @@ def check_locations(data: tuple[str, str | None], outputs: dict[str, str | None]
     found = [p for p in problems if p]
     if found:
         raise UserError("; ".join(found) + ".")
+
+
+def inside_any(url, roots: list[str]) -> bool:
+    """True when ``url`` is a URL inside one of ``roots``; a protocol braintl does not open
+    (see :func:`braintl.storage.allowed_protocols`) is inside nothing."""
+    try:
+        return isinstance(url, str) and any(is_inside(url, root) for root in roots)
+    except StorageError:
+        return False
+
+
+def within(url, root_url: str, source: str) -> str:
+    """``url``, read from the stored record ``source``, once it lies inside ``root_url``;
+    else a :class:`UserError`."""
+    if not inside_any(url, [root_url]):
+        raise UserError(
+            f"{source} names {redact(str(url))}, outside {redact(root_url)}: refused, a stored "
+            "record may only point inside the output root it lies in. Someone edited it or "
+            "copied it from elsewhere: restore it from a completed run, or rerun to write it"
+        )
+    return url
+
+
+def outside_roots(urls: dict[str, str | None], roots: list[str], setting: str) -> list[str]:
+    """Why each of ``urls`` (parameter name → URL; None: unset) may not be used: it lies
+    outside every one of ``roots``, which the operator set in ``setting``."""
+    allowed = ", ".join(redact(root) for root in roots) or "none"
+    return [
+        f"{name}={redact(url)} lies outside the allowed roots ({allowed}); use a URL under one "
+        f"of them, or ask the operator to add a root to {setting}"
+        for name, url in urls.items()
+        if url is not None and not inside_any(url, roots)
+    ]

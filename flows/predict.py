@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from braintl.predict import predictions_url
+from flows.roots import confine
 from tasks.model import resolve_model, score_images
 
 
@@ -25,8 +26,11 @@ def predict(
     retrain flow's output), ``latest`` (the last completed run's), a run URL or a model URL.
     ``csv_url``: default ``<data_url>.predictions.csv``, beside the folder.
     """
+    csv_url = csv_url or predictions_url(data_url)
+    named_model = None if model in ("champion", "latest") else model
+    confine(data_url=data_url, out_url=out_url, csv_url=csv_url, model=named_model)
     model_url = resolve_model(model, out_url)
-    summary = score_images(model_url, data_url, csv_url or predictions_url(data_url))
+    summary = score_images(model_url, data_url, csv_url)
     print(
         f"{summary['scored']} scored ({summary['tumor']} tumor), {summary['unreadable']} "
         f"unreadable: {summary['csv']}"

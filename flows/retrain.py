@@ -42,6 +42,7 @@ from braintl import progress, replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
 from braintl.champion import ChampionRule
 from braintl.codeversion import code_key
+from braintl.data.clinical import ClinicalConfig
 from braintl.data.prepare import DataConfig
 from braintl.data.provenance import GroupBy
 from braintl.errors import UserError
@@ -55,6 +56,7 @@ from braintl.storage import COMPLETE_MARKER, resolve
 from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts, expired
 from braintl.tuning import SweepConfig
 from braintl.urls import credentials_problem, inside_problem, is_inside
+from flows.roots import confine
 from tasks.champion import challenge_champion
 from tasks.data import data_source, prepare_data, snapshot
 from tasks.external import screen_external, validate_external
@@ -147,6 +149,9 @@ class RetrainParams(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     group_by: GroupBy = Field(None, description="regex: equal (?P<group>...) of paths = one source")
     manifest_url: str | None = Field(None, description="CSV path,label,group: labels and groups")
+    clinical: ClinicalConfig = Field(
+        default_factory=ClinicalConfig, description="DICOM windows and groups, NIfTI slices"
+    )
     external_data_urls: list[str] = Field(
         default_factory=list,
         description="labelled folders from other sources (a folder per label): the published "
@@ -302,6 +307,7 @@ class RetrainParams(BaseModel):
             seed=self.seed,
             group_by=self.group_by,
             manifest_url=self.manifest_url,
+            clinical=self.clinical,
             preprocess={"image_size": self.image_size},
             augment={"enabled": self.augment},
         )
@@ -414,6 +420,12 @@ def _release_lease(flow, flow_run, state) -> None:
 )
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008
     """Retrain and evaluate every (backbone, strategy) pair; skip when nothing changed."""
+    confine(
+        data_url=params.data_url,
+        out_url=params.out_url,
+        manifest_url=params.manifest_url,
+        weights=None if params.weights in ("imagenet", "none", "previous") else params.weights,
+    )
     with one_run_per_output(params.out_url):
         return _retrain(params)
 
@@ -456,7 +468,9 @@ def _retrain(params: RetrainParams) -> dict | State:
     claimed = claim_run(params.out_url, run_key, owner=str(current_flow_run.id))
     run_id = claimed["run_id"]
     run = resolve(params.out_url).join("runs", run_id)
-    print(f"{'resuming interrupted' if claimed['resumed'] else 'new'} run {run_id}: {run.url}")
+    started = f"{'resuming interrupted' if claimed['resumed'] else 'new'} run {run_id}: {run.url}"
+    print(started)
+    progress.note(started)
     if claimed["warning"]:
         print(f"WARNING: the run lease is not atomic here: {claimed['warning']}")
     write_run_file(

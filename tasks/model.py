@@ -12,8 +12,8 @@ from tasks.data import STORAGE_RETRIES
 
 @task(name="publish-model", **STORAGE_RETRIES)
 def publish_model(run_url: str) -> dict[str, str]:
-    """Package the run's best model (weights, preprocessing, threshold, card) under ``model/``;
-    a link to its card becomes an artifact. Only while the run holds its lease."""
+    """Package the run's fold ensemble (members' weights, preprocessing, threshold, card) under
+    ``model/``; a link to its card becomes an artifact. Only while the run holds its lease."""
     runlease.confirm(run_url)
     urls = publish.publish_model(run_url)
     create_markdown_artifact(

@@ -1,8 +1,8 @@
 """Champion and challenger on real runs: the flow promotes its first model; a worse candidate
 keeps the champion (and ``braintl predict`` keeps using it), a better one replaces it, rollback
 and forced promotion are recorded. Candidates are real packages (publish_model) of the small
-run's fold model, one of them degraded by negating its output layer (probability 1 − p), each
-challenged through the flow's task under a real Prefect server."""
+run's fold ensemble, some degraded by negating their members' output layer (probability
+1 − p), each challenged through the flow's task under a real Prefect server."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from braintl.challenge import challenge
 from braintl.champion import ChampionRule, read_champion, read_history
 from braintl.cli import main
 from braintl.publish import publish_model
-from braintl.results import best_model, complete_run, publish_latest
+from braintl.results import complete_run, publish_latest
 from braintl.storage import resolve
 from tasks.champion import challenge_champion
 
@@ -61,8 +61,9 @@ def _negate_output(state: dict) -> None:
 
 
 def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
-    """A completed run ``run_id`` under ``out``: ``source``'s run with its best fold model
-    (degraded or not) packaged by publish_model, then completed and named by latest.json."""
+    """A completed run ``run_id`` under ``out``: ``source``'s run with its fold models (all
+    degraded or none, so the ensemble's probability is 1 − p or p) packaged by publish_model,
+    then completed and named by latest.json."""
     run = out / "runs" / run_id
     shutil.copytree(
         source["run_url"],
@@ -72,14 +73,12 @@ def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "run_id": run_id}))
     results = json.loads((run / "results.json").read_text())
-    best = best_model(results)
-    state = torch.load(best["fold"]["model_url"], weights_only=True)
-    if degraded:
-        _negate_output(state)
-    torch.save(state, run / "fold-model.pt")
     for fold in results["models"][0]["runs"]:
-        if fold["fold"] == best["fold"]["fold"]:
-            fold["model_url"] = str(run / "fold-model.pt")
+        state = torch.load(fold["model_url"], weights_only=True)
+        if degraded:
+            _negate_output(state)
+        fold["model_url"] = str(run / f"fold{fold['fold']}-model.pt")
+        torch.save(state, fold["model_url"])
     (run / "results.json").write_text(json.dumps(results))
     model = publish_model(str(run))["model"]
     record = {**source, "run_id": run_id, "run_url": str(run), "model": model}

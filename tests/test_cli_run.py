@@ -93,14 +93,19 @@ def test_progress_display_draws_what_the_flow_reports(terminal):
         for done in (0, 1, 1, 2):  # a repeated report (the sweep's last, then the flow's) once
             progress.report("trials random-init", done, 2)
         progress.report("folds", 0, 4)
+        progress.note("resuming interrupted run R: OUT/runs/R")
     progress.report("folds", 1, 4)  # nobody listens any more: no effect, no error
     display.close()
     text = stream.getvalue()
     if terminal:
         assert "\r" in text and "trials random-init: 2/2" in text and "folds: 0/4" in text
+        assert "resuming interrupted run R: OUT/runs/R\n" in text
     else:
         lines = [line.split("] ", 1)[1] for line in text.splitlines()]
-        assert lines == [f"trials random-init: {n}/2" for n in range(3)] + ["folds: 0/4"]
+        assert lines == [f"trials random-init: {n}/2" for n in range(3)] + [
+            "folds: 0/4",
+            "resuming interrupted run R: OUT/runs/R",
+        ]
         assert "\r" not in text and "\x1b" not in text
 
 

@@ -1,4 +1,5 @@
-"""`braintl train`: end to end on the real scans, files written, model reloadable, clear errors."""
+"""`braintl train`: end to end on the real scans, files written, model reloadable, the package
+``braintl predict`` scores with, clear errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from tolerances import probability_tolerance
 from braintl.cli import main
 from braintl.data.tensors import TensorSet
 from braintl.models import create_model
+from braintl.publish import CARD_FILE, SINGLE_FOLD, load_model
+from braintl.storage import resolve
 from braintl.training import predict_proba
 
 FAST = [
@@ -58,6 +61,38 @@ def test_train_real_data_writes_metrics_and_model(tmp_path, capsys, real_data, m
     # Up to summation order: the run scored frozen backbones through its feature cache.
     tol = probability_tolerance(model, images)
     np.testing.assert_allclose(predict_proba(model, images), pred["prob"], rtol=0, atol=tol)
+
+
+@pytest.mark.slow
+def test_train_then_predict_with_its_package(tmp_path, capsys, phantom_dir):
+    """``braintl train --out DIR`` publishes a one-member package; ``braintl predict --model
+    DIR``, scoring the validation and test images from their files, gives the probabilities
+    and labels of the training run's own evaluation."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(phantom_dir), "--out", str(out), *FAST, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"] == resolve(str(out / "model")).url
+    published = load_model(printed["model"])
+    assert len(published.members) == 1
+    assert published.threshold == printed["evaluation"]["youden_threshold_from_val"]
+    assert f"({SINGLE_FOLD})" in (out / "model" / CARD_FILE).read_text()
+    files = resolve(printed["data"]["tensors_url"]).join("meta.json").read_json()["files"]
+    expected = {}
+    for part in ("val", "test"):
+        scored = printed["evaluation"]["predictions"][part]
+        for index, prob in zip(scored["index"], scored["prob"], strict=True):
+            expected[str(phantom_dir / files[index])] = prob
+    assert main(["predict", *expected, "--model", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["model"] == printed["model"] and got["unreadable"] == []
+    rows = {row["file"]: row for row in got["predictions"]}
+    sizes = printed["data"]["sizes"]
+    assert rows.keys() == expected.keys() and len(rows) == sizes["val"] + sizes["test"] > 10
+    images = TensorSet.load(printed["data"]["tensors_url"]).images
+    tol = probability_tolerance(published.members[0], images)
+    for file, prob in expected.items():
+        assert rows[file]["probability"] == pytest.approx(prob, abs=tol)
+        assert rows[file]["label"] == published.label(prob)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 from prefect.task_engine import TaskRunTimeoutError
+from prefect.variables import Variable
 from pydantic import ValidationError
 from ray.exceptions import WorkerCrashedError
 from support import TWO_MODELS, small_params
@@ -24,7 +25,9 @@ from braintl.errors import UserError
 from braintl.storage import StorageError, resolve
 from braintl.timeouts import expired
 from braintl.training import TrainConfig
+from flows.predict import predict
 from flows.retrain import RetrainParams, retrain
+from flows.roots import VARIABLE
 from tasks.data import STORAGE_RETRIES
 from tasks.results_storage import RESULTS_DIR
 from tasks.training import TRAINING_RETRIES
@@ -180,3 +183,25 @@ def test_run_options_override_the_profile():
     assert quick.pairs()[-1] == ("scratch_cnn", "full") and len(quick.pairs()) == 9
     paper = RetrainParams(profile="paper", ray_address=cluster[1])
     assert paper.sweep_groups()["none"] == [("scratch_cnn", "full")]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_flows_keep_their_urls_under_the_allowed_roots(tmp_path):
+    """With ``braintl_allowed_roots`` set on the (real, temporary) Prefect server, a flow run
+    whose URLs leave those roots fails before any work, naming the parameter and the
+    variable; one whose URLs stay inside gets past the check."""
+    allowed = tmp_path / "allowed"
+    Variable.set(VARIABLE, [str(allowed)], overwrite=True)
+    try:
+        with pytest.raises(UserError, match=f"data_url=.*outside the allowed roots.*{VARIABLE}"):
+            predict(data_url=str(tmp_path / "scans"), out_url=str(allowed / "runs"))
+        with pytest.raises(UserError, match="csv_url=.*outside the allowed roots"):
+            predict(str(allowed / "scans"), out_url=str(allowed), csv_url=str(tmp_path / "p.csv"))
+        params = RetrainParams(data_url=str(allowed / "scans"), out_url=str(tmp_path / "runs"))
+        with pytest.raises(UserError, match="out_url=.*outside the allowed roots"):
+            retrain(params)
+        assert not (tmp_path / "runs").exists()  # refused before any work
+        with pytest.raises(UserError, match="no champion yet"):  # inside: past the check
+            predict(data_url=str(allowed / "scans"), out_url=str(allowed / "runs"))
+    finally:
+        Variable.unset(VARIABLE)

@@ -17,13 +17,13 @@ from braintl.limits import GB, PREPARE_COPIES, check_data_size, machine_memory
 def decodes(monkeypatch) -> list[int]:
     """Counts the files decoded (the real decoder still runs)."""
     calls: list[int] = []
-    real = manifest_module.decode
+    real = manifest_module.decode_file
 
-    def counting(data, limits=None):
+    def counting(name, data, limits, clinical=None):
         calls.append(len(data))
-        return real(data, limits)
+        return real(name, data, limits, clinical)
 
-    monkeypatch.setattr(manifest_module, "decode", counting)
+    monkeypatch.setattr(manifest_module, "decode_file", counting)
     return calls
 
 

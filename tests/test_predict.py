@@ -1,6 +1,6 @@
-"""`braintl predict`: the run's own evaluation reproduced from the image files, unreadable files
-reported, the champion by default and ``--model latest`` through their pointers, Grad-CAM
-overlays."""
+"""`braintl predict`: the run's own evaluation (its fold ensemble) reproduced from the image
+files, unreadable files reported, the champion by default and ``--model latest`` through their
+pointers, Grad-CAM overlays; the library's ``probabilities`` for other callers."""
 
 from __future__ import annotations
 
@@ -9,14 +9,20 @@ import io
 import json
 import shutil
 
+import nibabel
 import numpy as np
 import pytest
+from dicom_files import write_dicom
 from PIL import Image
+from pydicom import dcmread
 from small_run import small_run
 from tolerances import probability_tolerance
 
 from braintl.cli import main
+from braintl.data.pseudonyms import SALT_ENV
 from braintl.data.tensors import TensorSet
+from braintl.errors import UserError
+from braintl.predict import probabilities
 from braintl.publish import load_model
 from braintl.storage import resolve
 
@@ -33,29 +39,47 @@ def _predict_json(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_predict_gives_the_probabilities_of_the_runs_evaluation(retrained, capsys):
-    """Every validation and test image of the published fold, scored from its file, gets the
-    probability the run's evaluation computed from the tensor cache."""
-    info = load_model(retrained.record["model"]).info
-    evaluation = resolve(info["source"]["metrics_url"]).read_json()["evaluation"]["predictions"]
+def test_predict_gives_the_ensemble_probabilities_of_the_runs_evaluation(retrained, capsys):
+    """Every held-out test image, scored from its file, gets the mean of the probabilities the
+    run's fold models computed from the tensor cache; the library's ``probabilities`` gives the
+    same from files and from the cached pixels."""
+    published = load_model(retrained.record["model"])
+    info = published.info
+    tests = [
+        resolve(m["source"]["metrics_url"]).read_json()["evaluation"]["predictions"]["test"]
+        for m in info["members"]
+    ]
     files = resolve(info["data"]["tensors_url"]).join("meta.json").read_json()["files"]
-    expected = {}
-    for part in ("val", "test"):
-        for index, prob in zip(evaluation[part]["index"], evaluation[part]["prob"], strict=True):
-            expected[str(retrained.data / files[index])] = prob
-    assert len(expected) == 16  # 8 validation (a third of 24) + 8 test images
-    out = _predict_json(capsys, *expected, "--model", retrained.record["run_url"])
+    paths = [str(retrained.data / files[index]) for index in tests[0]["index"]]
+    expected = np.mean([t["prob"] for t in tests], axis=0)
+    assert len(paths) == 8 and len(tests) == 2
+    out = _predict_json(capsys, *paths, "--model", retrained.record["run_url"])
     assert out["model"] == retrained.record["model"]
     assert out["unreadable"] == []
     got = {row["file"]: row["probability"] for row in out["predictions"]}
-    assert got.keys() == expected.keys()
+    assert list(got) == paths
     # Up to summation order (other batches; see tolerances), the images decoded alike.
     images = TensorSet.load(info["data"]["tensors_url"]).images
-    tol = probability_tolerance(load_model(retrained.record["model"]).model, images)
-    for file, prob in expected.items():
-        assert got[file] == pytest.approx(prob, abs=tol)
+    tol = max(probability_tolerance(m, images) for m in published.members)
+    np.testing.assert_allclose(list(got.values()), expected, rtol=0, atol=tol)
     for row in out["predictions"]:
         assert row["label"] == ("tumor" if row["probability"] >= out["threshold"] else "no_tumor")
+    assert out["threshold"] == info["threshold"]
+    from_files = probabilities(retrained.record["model"], paths)
+    np.testing.assert_array_equal(from_files, list(got.values()))
+    cached = probabilities(published, images[tests[0]["index"]])
+    np.testing.assert_allclose(cached, expected, rtol=0, atol=tol)
+
+
+def test_probabilities_refuses_pixels_of_another_size_and_unreadable_files(retrained, tmp_path):
+    published = load_model(retrained.record["model"])
+    with pytest.raises(UserError, match=r"takes uint8 N×3×32×32; preprocess them"):
+        probabilities(published, np.zeros((2, 3, 48, 48), np.uint8))
+    with pytest.raises(UserError, match="pass uint8 pixels"):
+        probabilities(published, np.zeros((2, 3, 32, 32), np.float32))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"1 of 1 images unreadable, e.g. .*empty\.png: empty"):
+        probabilities(published, [str(tmp_path / "empty.png")])
 
 
 def test_unreadable_images_are_listed_with_their_reason_and_the_rest_scored(
@@ -115,6 +139,7 @@ def test_model_champion_and_latest_resolve_through_their_pointers(retrained, tmp
 
 
 def test_gradcam_writes_one_overlay_per_scored_image(retrained, tmp_path, capsys):
+    """The ensemble's overlay: the mean of its members' heatmaps."""
     images = [str(p) for p in sorted((retrained.data / "yes").iterdir())[:3]]
     out = _predict_json(
         capsys, *images, "--runs", str(retrained.out), "--gradcam", str(tmp_path / "cam")
@@ -124,3 +149,30 @@ def test_gradcam_writes_one_overlay_per_scored_image(retrained, tmp_path, capsys
         with Image.open(url) as overlay:
             assert overlay.format == "PNG" and overlay.size == (32, 32)
             assert np.asarray(overlay).std() > 0
+
+
+def test_dicom_frames_and_nifti_slices_are_rows(retrained, tmp_path, capsys, monkeypatch):
+    """A multi-frame DICOM of three phantoms scores as the three PNGs do (its window maps 0..255
+    to itself), one row a frame with its hashed SOPInstanceUID; a volume gives one row a slice,
+    and a slice asked for alone scores as in its volume."""
+    monkeypatch.setenv(SALT_ENV, "predict-salt")
+    pngs = sorted((retrained.data / "yes").iterdir())[:3]
+    grey = np.stack([np.asarray(Image.open(p).convert("L")) for p in pngs])
+    dicom = write_dicom(tmp_path / "c" / "multi.dcm", grey, patient_id="P", window=(127.5, 255))
+    stack = np.stack([np.flipud(g).T for g in grey], axis=-1).astype(np.int16)
+    volume = tmp_path / "c" / "vol.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(stack, np.eye(4)), volume)
+    model = ["--model", retrained.record["run_url"]]
+    as_png = _predict_json(capsys, *map(str, pngs), *model)["predictions"]
+    out = _predict_json(capsys, str(tmp_path / "c"), *model)
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in out["predictions"]}
+    frames = [rows[f"multi.dcm#frame={i}"] for i in (1, 2, 3)]
+    for frame, png in zip(frames, as_png, strict=True):
+        assert frame["probability"] == pytest.approx(png["probability"], abs=1e-5)
+    instance = frames[0]["instance"]
+    assert instance.startswith("instance-") and {f["instance"] for f in frames} == {instance}
+    assert str(dcmread(dicom).SOPInstanceUID) not in json.dumps(out)
+    assert {f"vol.nii.gz#slice={i}" for i in range(3)} <= rows.keys()
+    alone = _predict_json(capsys, f"{volume}#slice=1", *model)["predictions"]
+    assert [r["file"] for r in alone] == [f"{volume}#slice=1"]
+    assert alone[0]["probability"] == pytest.approx(rows["vol.nii.gz#slice=1"]["probability"])

@@ -16,9 +16,12 @@ from braintl.uncertainty import bootstrap_metrics, delong_test, holm
 SOURCES = 60
 
 
-def _record(path, index, prob, group=None) -> str:
+def _record(path, index, prob, group=None, val=None) -> str:
+    """A fold's metrics.json; ``val`` default: the fold validated on image ``path``'s digit."""
     test = {"index": index, "prob": prob} | ({} if group is None else {"group": group})
-    path.write_text(json.dumps({"evaluation": {"predictions": {"test": test}}}))
+    val = val or {"index": [int(path.stem[-1])], "prob": [0.5]}
+    predictions = {"test": test, "val": val}
+    path.write_text(json.dumps({"evaluation": {"predictions": predictions}}))
     return str(path)
 
 
@@ -47,6 +50,26 @@ def test_groups_come_from_the_record_or_for_old_records_from_the_tensor_set(tmp_
     assert preds["old"].y.tolist() == [1, 0, 1, 0] and preds["old"].probs.shape == (2, 4)
 
 
+def test_the_ensemble_threshold_is_youdens_on_the_out_of_fold_predictions(tmp_path):
+    """Each fold model's validation images, scored by it alone, pooled: the pooled list's best
+    cut is neither fold's own."""
+    labels = np.array([1, 0, 1, 0, 1, 0, 1, 0, 1])
+    vals = [
+        {"index": [0, 1, 2, 3], "prob": [0.9, 0.6, 0.2, 0.7]},  # own cut 0.9 (J 0.5)
+        {"index": [4, 5, 6, 7], "prob": [0.8, 0.1, 0.4, 0.3]},  # own cut 0.4 (J 1)
+    ]
+    urls = [_record(tmp_path / f"f{k}.json", [8], [0.5], val=v) for k, v in enumerate(vals)]
+    results = {"models": [{"model": "m", "runs": [
+        {"metrics_url": u, "threshold": 0.5, "fold": k} for k, u in enumerate(urls)
+    ]}]}  # fmt: skip
+    # Pooled, tumor 0.9 0.8 0.4 0.2 and no tumor 0.7 0.6 0.3 0.1: at 0.8 J = 1/2 - 0 = 0.5;
+    # at 0.4 J = 3/4 - 2/4; at 0.9 J = 1/4; at 0.2 J = 1 - 3/4.
+    assert fold_predictions(results, labels, np.arange(9))["m"].threshold == 0.8
+    _record(tmp_path / "f1.json", [8], [0.5], val={"index": [3, 4], "prob": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="overlapping images"):
+        fold_predictions(results, labels, np.arange(9))
+
+
 def _copies(seed: int = 0, shift: float = 0.0) -> FoldPredictions:
     """Every source scan three times (copies at tensor indices 60..179), listed shuffled."""
     rng = np.random.default_rng(seed)
@@ -59,6 +82,7 @@ def _copies(seed: int = 0, shift: float = 0.0) -> FoldPredictions:
         groups=np.tile(100 + np.arange(SOURCES), 3)[order],
         probs=np.tile(probs, 3)[:, order],
         thresholds=np.array([0.5, 0.55]),
+        threshold=0.7,
         folds=[0, 1],
     )
 
@@ -69,7 +93,7 @@ def test_model_statistics_count_a_scan_and_its_copies_once():
     first = first_image_per_group(pred)
     assert sorted(pred.index[first].tolist()) == list(range(SOURCES))  # the originals
     originals = bootstrap_metrics(
-        pred.y[first], pred.probs[:, first], pred.thresholds, resamples=400, seed=1
+        pred.y[first], pred.mean_prob[first], [pred.threshold], resamples=400, seed=1
     )
     assert stats["test_one_per_group"] == originals
     assert stats["bootstrap"]["text"] == "group bootstrap, 60 groups, 180 images"

@@ -5,6 +5,7 @@ folder and on a real S3 server (moto's, over HTTP), with real threads and proces
 from __future__ import annotations
 
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -178,3 +179,48 @@ def test_a_server_that_ignores_conditions_is_named(s3_server, s3_bucket, monkeyp
         assert lease.warning == problem
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"[]", b'{"owner": 1, "until": "soon"}'])
+def test_an_unreadable_lease_is_reported_and_taken_over(out_url, garbage, caplog):
+    """A torn or hand-edited lease.json must not hold its run forever: it counts as expired,
+    with a warning naming it, and the next taker replaces it with a valid lease."""
+    run = resolve(out_url).join("runs", "r1")
+    run.join(runlease.LEASE).write_bytes(garbage)
+    with caplog.at_level(logging.WARNING, logger="braintl.runlease"):
+        assert runlease.holder(run) is None
+        lease = runlease.take(run.url, "next")
+    assert f"{run.join(runlease.LEASE).url}: unreadable lease" in caplog.text
+    assert json.loads(conditional.read(lease.location).data)["owner"] == "next"
+
+
+def test_an_unreadable_run_config_is_reported_and_skipped(out_url, caplog):
+    """A newer run whose config.json is corrupt is skipped (warned about), so the interrupted
+    run of the same settings behind it still resumes; with only the corrupt one, a new run
+    starts: one bad file never blocks every later run."""
+    runs = resolve(out_url).join("runs")
+    runs.join("20260101T000000Z-aaaaaa", "config.json").write_json({"run_key": "key-a"})
+    runs.join("20260102T000000Z-bbbbbb", "config.json").write_bytes(b'{"run_key": ')
+    try:
+        with caplog.at_level(logging.WARNING, logger="braintl.results"):
+            resumed = claim_run(out_url, "key-a", "flow-run-1")
+        assert resumed["run_id"] == "20260101T000000Z-aaaaaa" and resumed["resumed"]
+        assert "20260102T000000Z-bbbbbb/config.json: unreadable" in caplog.text
+        runs.join("20260101T000000Z-aaaaaa").mark_complete()
+        fresh = claim_run(out_url, "key-a", "flow-run-2")
+        assert not fresh["resumed"] and fresh["run_id"] != "20260102T000000Z-bbbbbb"
+    finally:
+        runlease.release("flow-run-1")
+        runlease.release("flow-run-2")
+
+
+def test_an_unreadable_latest_is_reported_and_replaced(out_url, caplog):
+    """A corrupt latest.json reads as "no completed run" (so runs are not skipped on it, nor
+    fail reading it) and the next completed run replaces it."""
+    latest = resolve(out_url).join("latest.json")
+    latest.write_bytes(b'{"run_id": ')
+    with caplog.at_level(logging.WARNING, logger="braintl.results"):
+        assert read_latest(out_url) is None
+        assert publish_latest(out_url, {"run_id": "20260101T000000Z-aaaaaa"})
+    assert f"{latest.url}: unreadable" in caplog.text
+    assert read_latest(out_url) == {"run_id": "20260101T000000Z-aaaaaa"}

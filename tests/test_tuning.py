@@ -3,18 +3,24 @@ and resuming a finished sweep from its storage, locally and on a real S3-compati
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import ray
 from pydantic import ValidationError
 
+from braintl import trialtable
 from braintl.storage import resolve
 from braintl.training import pause
+from braintl.trialtable import Report, TrialTable
 from braintl.tuning import SweepConfig, run_sweep, trial_config
 
 PAIRS = [("scratch_cnn", "full"), ("mobilenet_v2", "frozen")]
@@ -83,18 +89,14 @@ def test_sweep_best_per_pair_is_a_full_training_config(sweep_result):
 
 def test_rerun_restores_without_retraining(sweep_result, tensors_url):
     storage, first, seconds = sweep_result
-    experiment = resolve(first["experiment_url"])
-    before = {
-        p: experiment.fs.cat_file(p) for p in experiment.fs.glob(f"{experiment.path}/*/result.json")
-    }
-    assert len(before) == len(first["trials"])
+    table = resolve(first["trials_url"])
+    before = table.read_bytes()
     started = time.perf_counter()
     again = run_sweep(tensors_url, PAIRS, BASE, SWEEP, storage, name="sweep")
     assert again["restored"]
     assert again["trials"] == first["trials"]
     assert again["best"] == first["best"]
-    after = {p: experiment.fs.cat_file(p) for p in before}
-    assert after == before  # no trial reported anything new
+    assert table.read_bytes() == before  # no trial ran or reported anything new
     assert time.perf_counter() - started < seconds
 
 
@@ -133,14 +135,15 @@ def test_sweep_checks_every_pair_before_starting(tmp_path):
 
 
 def test_sweep_on_s3(local_ray, tensors_url, s3_bucket):
-    """Tune's experiment state and the trial checkpoints go to the bucket; a rerun restores."""
+    """The trial table and checkpoints go to the bucket, Tune's pickled state never does;
+    a rerun restores from the table."""
     storage = f"{s3_bucket}/runs/r1/sweep"
     pairs, sweep = PAIRS[:1], SweepConfig(num_samples=1)
     result = run_sweep(tensors_url, pairs, {**BASE, "epochs": 2}, sweep, storage, name="s3sweep")
     assert [(t["error"], t["epochs_run"]) for t in result["trials"]] == [(None, 2)]
-    assert result["experiment_url"].startswith("s3://")
-    experiment = resolve(result["experiment_url"])
-    assert experiment.fs.glob(f"{experiment.path}/experiment_state*.json")
+    assert result["trials_url"].startswith("s3://")
+    folder = resolve(storage)
+    assert [p.rsplit("/", 1)[-1] for p in folder.fs.find(folder.path)] == ["s3sweep-trials.json"]
     again = run_sweep(tensors_url, pairs, {**BASE, "epochs": 2}, sweep, storage, name="s3sweep")
     assert again["restored"] and again["trials"] == result["trials"]
 
@@ -154,9 +157,10 @@ run_sweep(sys.argv[1], [("scratch_cnn", "full")], {"epochs": 3, "weights": "none
 
 
 def test_interrupted_sweep_resumes_trials_from_their_checkpoints(local_ray, tensors_url, tmp_path):
-    """Kill a sweep's driver (and with it its Ray) mid-trial; the rerun restores the experiment
-    and the interrupted trials continue from their per-epoch checkpoints. The trial holds after
-    epoch 1's checkpoint (:mod:`braintl.training.pause`) until the kill, on any CPU."""
+    """Kill a sweep's driver (and with it its Ray) mid-trial; the rerun rebuilds the sweep from
+    its trial table and the interrupted trials continue from their per-epoch checkpoints. The
+    trial holds after epoch 1's checkpoint (:mod:`braintl.training.pause`) until the kill, on
+    any CPU."""
     storage = resolve(str(tmp_path / "storage"))
     gate = tmp_path / "gate"
     proc = subprocess.Popen(
@@ -168,7 +172,7 @@ def test_interrupted_sweep_resumes_trials_from_their_checkpoints(local_ray, tens
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        state = storage.fs.glob(f"{storage.path}/sweep/experiment_state*.json")
+        state = storage.join("sweep-trials.json").exists()
         if state and list(gate.glob("paused-*")):
             break
         time.sleep(0.2)
@@ -185,4 +189,74 @@ def test_interrupted_sweep_resumes_trials_from_their_checkpoints(local_ray, tens
     assert result["restored"]
     [trial] = result["trials"]
     assert (trial["error"], trial["epochs_run"]) == (None, 3)
-    assert trial["reports"] == 2, trial  # epochs 2 and 3: only those after the checkpoint
+    table = trialtable.read(storage.join("sweep-trials.json"))
+    resumed = [r.epoch for r in table.trials[trial["trial_id"]].reports if r.attempt == 2]
+    assert resumed == [2, 3], table  # only the epochs after the checkpoint
+
+
+class _Planted:
+    """A pickle that makes a folder when loaded: proof that code from storage ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+# What Tune's restore reads (Tuner.restore, its searcher and trials, ResultGrid's errors).
+TUNE_STATE = (
+    "tuner.pkl",
+    "trainable.pkl",
+    "experiment_state-2026-01-01_00-00-00.json",
+    "basic-variant-state-2026-01-01_00-00-00.json",
+    "searcher-state-2026-01-01_00-00-00.pkl",
+    "trial_0/params.pkl",
+    "trial_0/error.pkl",
+    "trial_0/result.json",
+    "trial_0/checkpoint_000000/data.pkl",
+)
+
+
+@pytest.mark.slow
+def test_resume_never_unpickles_planted_state(local_ray, tensors_url, tmp_path, caplog):
+    """A bucket writer plants pickles that run code when loaded in every file a restore could
+    read (Tune's experiment state and the checkpoint of the trial a crash left running, which
+    the rerun resumes): no code runs, the planted checkpoint is refused as the trial's error,
+    the finished trial is kept and the log says Tune's state is ignored."""
+    storage = resolve(str(tmp_path / "storage"))
+    pairs, sweep = [("scratch_cnn", "full")], SweepConfig(num_samples=2, max_failures=0)
+    base = {"epochs": 1, "weights": "none", "seed": 0}
+    victim, other = plan = sweep.plan(pairs, base["seed"])
+    table = TrialTable.new(plan)  # as a crash leaves it: one trial finished, one running
+    table.trials[other].status, table.trials[victim].status = "finished", "running"
+    table.trials[other].reports.append(
+        Report(epoch=1, val_auc=0.75, val_loss=0.6, train_loss=0.7, attempt=1)
+    )
+    table.write(storage.join("sweep-trials.json"))
+    pickle.loads(pickle.dumps(_Planted(tmp_path / "sanity")))
+    assert (tmp_path / "sanity").exists()  # the payload does run when unpickled
+    marker = tmp_path / "code-ran"
+    payload = pickle.dumps(_Planted(marker))
+    as_json = json.dumps({"_type": "CLOUDPICKLE_FALLBACK", "value": payload.hex()}).encode()
+    for name in TUNE_STATE:
+        storage.join("sweep", name).write_bytes(as_json if name.endswith(".json") else payload)
+    storage.join("sweep-trial-checkpoints", f"{victim}.pt").write_bytes(payload)
+
+    with caplog.at_level(logging.INFO, logger="braintl.tuning"):
+        again = run_sweep(tensors_url, pairs, base, sweep, storage.url)
+    assert not marker.exists()
+    assert again["restored"]
+    trials = {t["trial_id"]: t for t in again["trials"]}
+    assert "not a weights-only braintl checkpoint" in trials[victim]["error"], trials[victim]
+    assert (trials[other]["error"], trials[other]["best_val_auc"]) == (None, 0.75)  # kept
+    assert "Ray Tune state there is ignored, never restored" in caplog.text
+    assert "resuming 1 of 2 trials" in caplog.text
+
+
+def test_a_table_braintl_did_not_write_is_ignored(tmp_path, caplog):
+    table = resolve(str(tmp_path / "sweep-trials.json"))
+    table.write_bytes(b'{"format": "braintl-sweep-trials/1", "plan": {}, "trials": 1}')
+    with caplog.at_level(logging.WARNING):
+        assert trialtable.read(table) is None
+    assert "not a braintl trial table" in caplog.text and "starts over" in caplog.text

@@ -102,6 +102,24 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
         help="CSV with columns path,label,group (or patient): labels instead of folders, and "
         "source groups joined with the pixel groups",
     )
+    p.add_argument(
+        "--window",
+        metavar="CENTER,WIDTH",
+        help="DICOM/NIfTI window for every file (default: the file's own, else percentiles)",
+    )
+    p.add_argument(
+        "--dicom-group",
+        default="PatientID,StudyInstanceUID,SeriesInstanceUID",
+        metavar="TAG,...",
+        help="DICOM tags tried in order for a file's group (default: %(default)s)",
+    )
+    p.add_argument("--slice-axis", default="axial", choices=("axial", "coronal", "sagittal"))
+    p.add_argument(
+        "--slices",
+        default="all",
+        metavar="RULE",
+        help="NIfTI slices kept: all, middle:K, or brain:F (head over F of the slice area)",
+    )
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
@@ -132,6 +150,12 @@ def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
         "manifest_url": args.manifest,
         "max_images": args.max_images,
         "memory_budget_gb": args.memory_budget_gb,
+        "clinical": {
+            "window": args.window.split(",") if args.window else None,
+            "dicom_group": args.dicom_group.split(","),
+            "slice_axis": args.slice_axis,
+            "slices": args.slices,
+        },
     }
     for name in ("protocol", "folds", "test_fraction", "seed"):
         if hasattr(args, name):
@@ -159,6 +183,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         config.copy_distance,
         provenance=config.provenance(),
         memory_budget_gb=config.memory_budget_gb,
+        clinical=config.clinical,
     )
     summary = manifest.summary()
     if args.json:
@@ -178,6 +203,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     )
     if summary["provenance"]:
         _print_provenance(summary["provenance"])
+    if summary["clinical"]:
+        _print_clinical(summary["clinical"])
     for note in manifest.notes():
         print(f"\nWARNING: {note}")
     if summary["duplicate_groups"]:
@@ -235,6 +262,16 @@ def _print_provenance(provenance: dict) -> None:
             [(d["file"], d["folder"], d["manifest"]) for d in provenance["label_disagreements"]],
             ["file", "folder", "manifest"],
         )
+
+
+def _print_clinical(clinical: dict) -> None:
+    per = clinical["slices_per_patient"]
+    print(
+        f"clinical: {clinical['patients']} patients, {clinical['studies']} studies, "
+        f"{clinical['series']} series; images per patient min {per['min']} / median "
+        f"{per['median']:g} / max {per['max']}; {clinical['images_without_patient']} image(s) "
+        "without a patient (NIfTI, or DICOM without PatientID)"
+    )
 
 
 def _print_problems(title: str, rows: list[tuple], headers: list[str]) -> None:

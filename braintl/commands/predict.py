@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import posixpath
 import sys
+from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
@@ -48,7 +49,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError("nothing to score: pass image files or folders, or --data URL")
     published = load_model(resolve_model_url(args.model, args.runs))
     urls = find_images(sources)
-    overlays = _Overlays(published.model, resolve(args.gradcam)) if args.gradcam else None
+    overlays = _Overlays(published.members, resolve(args.gradcam)) if args.gradcam else None
     with tqdm(
         total=len(urls), unit="image", file=sys.stderr, disable=len(urls) < PROGRESS_FROM
     ) as bar:
@@ -66,7 +67,10 @@ def run_predict(args: argparse.Namespace) -> int:
         print_json(result.to_json() | extra | {"gradcam": overlays.urls if overlays else {}})
         return 0
     rows = [(r.file, r.probability, r.label) for r in result.rows]
-    print(f"model {result.model_url} (tumor when probability >= {result.threshold:.4f})")
+    print(
+        f"model {result.model_url} (mean probability of {result.members} fold model(s); tumor "
+        f"when probability >= {result.threshold:.4f})"
+    )
     if rows:
         print(table(("file", "probability", "label"), rows))
     for bad in result.unreadable:
@@ -77,19 +81,20 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 class _Overlays:
-    """Grad-CAM overlays, one PNG per scored image, named after the image file."""
+    """Grad-CAM overlays of the ensemble (its members' mean map), one PNG per scored image,
+    named after the image file."""
 
-    def __init__(self, model: torch.nn.Module, folder: Location):
-        self.model = model
+    def __init__(self, members: Sequence[torch.nn.Module], folder: Location):
+        self.members = members
         self.folder = folder
         self.urls: dict[str, str] = {}
 
     def write(self, batch: Batch) -> None:
-        from braintl.gradcam import grad_cam, overlay_png  # matplotlib: only when asked
+        from braintl.gradcam import ensemble_grad_cam, overlay_png  # matplotlib: when asked
 
         if not batch.predictions:
             return
-        heatmaps = grad_cam(self.model, torch.from_numpy(batch.images))
+        heatmaps = ensemble_grad_cam(self.members, torch.from_numpy(batch.images))
         for image, heatmap, row in zip(batch.images, heatmaps, batch.predictions, strict=True):
             target = self.folder.join(self._name(row.file))
             target.write_bytes(overlay_png(image, heatmap))

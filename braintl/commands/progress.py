@@ -24,8 +24,9 @@ class ProgressDisplay:
     """A :mod:`braintl.progress` listener: trials and folds done out of their total, with the
     time since the display started."""
 
-    def __init__(self, stream: TextIO, terminal: bool | None = None):
+    def __init__(self, stream: TextIO, terminal: bool | None = None, notes: bool = True):
         self.stream = stream
+        self.notes = notes  # off under -v, where the flow's own log line says the same
         self.terminal = drawable(stream) if terminal is None else terminal
         self.started = time.monotonic()
         self.bars: dict[str, tqdm] = {}
@@ -43,6 +44,16 @@ class ProgressDisplay:
                 # Not print(): inside a flow run, Prefect turns print() into a log record.
                 elapsed = time.monotonic() - self.started
                 self.stream.write(f"[{elapsed:5.0f} s] {stage}: {done}/{total}\n")
+                self.stream.flush()
+
+    def note(self, message: str) -> None:
+        if not self.notes:
+            return
+        with self.lock:
+            if self.terminal:  # above the bars, which tqdm redraws below it
+                tqdm.write(message, file=self.stream)
+            else:
+                self.stream.write(f"[{time.monotonic() - self.started:5.0f} s] {message}\n")
                 self.stream.flush()
 
     def _draw(self, stage: str, done: int, total: int) -> None:

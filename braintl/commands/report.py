@@ -11,6 +11,7 @@ from pathlib import Path
 from braintl.commands.output import print_json
 from braintl.results import LATEST
 from braintl.storage import resolve
+from braintl.urls import within
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def run_url_of(url: str) -> str:
     loc = resolve(url)
     latest = loc.join(LATEST)
     if not loc.join("config.json").exists() and latest.exists():
-        return latest.read_json()["run_url"]
+        return within(latest.read_json()["run_url"], loc.url, latest.url)
     return loc.url
 
 

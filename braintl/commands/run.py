@@ -210,7 +210,7 @@ def run_flow(args: argparse.Namespace) -> int:
         models = f"{len(params.pairs())} models × {params.folds} folds"
         print(f"braintl run: {data} → {params.out_url}, profile {params.profile}, {models}")
     start = time.perf_counter()
-    display = ProgressDisplay(sys.stderr)
+    display = ProgressDisplay(sys.stderr, notes=not args.verbose)
     with prefect_console(args.verbose), progress.listening(display), contextlib.closing(display):
         state = retrain(params, return_state=True)
     seconds = time.perf_counter() - start
@@ -226,7 +226,20 @@ def run_flow(args: argparse.Namespace) -> int:
     print("\n" + resolve(record["results"]["table.md"]).read_bytes().decode())
     print(f"run:    {record['run_url']}   ({seconds:.0f} s)")
     if record.get("model"):
-        print(f"model:  {record['model']}")
+        print(f"model:  {record['model']}{_headline(record['model'])}")
     if record.get("report"):
         print(f"report: {record['report']['index.html']}")
     return 0
+
+
+def _headline(model_url: str) -> str:
+    """The published model's test AUC with its interval, the figure its card and the report lead
+    with (the table above is the fold models' spread); empty for packages without one."""
+    info = resolve(model_url).join("model.json").read_json()
+    auc = ((info.get("metrics") or {}).get("test") or {}).get("auc") or {}
+    if auc.get("estimate") is None:
+        return ""
+    return (
+        f"\n        {info['estimand']}: test AUC {auc['estimate']:.3f} "
+        f"(95% CI {auc['low']:.3f}–{auc['high']:.3f})"
+    )

@@ -1,4 +1,6 @@
-"""``braintl train``: one model, one fold, from data to ``metrics.json`` and ``model.pt``."""
+"""``braintl train``: one model, one fold, from data to ``metrics.json``, ``model.pt`` and a
+published-model package (``OUT/model/``, an ensemble of one) that ``braintl predict --model OUT``
+scores with."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
 from braintl.metrics import json_safe
 from braintl.models import HEADS, STRATEGIES, list_models
+from braintl.publish import MODEL_DIR, Member, package_info, write_package
+from braintl.runclaim import new_run_id
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
 from braintl.urls import check_locations
@@ -153,8 +157,9 @@ def run_train(args: argparse.Namespace) -> int:
     torch.save(result.model.state_dict(), buffer)
     out.join("model.pt").write_bytes(buffer.getvalue())
     out.join("metrics.json").write_json(metrics)
+    package = _publish(args, out, result, metrics, prepared)
     if args.json:
-        print_json(metrics | {"out": out.url})
+        print_json(metrics | {"out": out.url, "model": package["model"]})
         return 0
     rows = []
     for part, scored in (("val", evaluation.val), ("test", evaluation.test)):
@@ -168,4 +173,36 @@ def run_train(args: argparse.Namespace) -> int:
         f"{result.stopped_by}, Youden threshold {evaluation.threshold:.3f} from validation"
     )
     print(f"written: {out.join('metrics.json').url}, {out.join('model.pt').url}")
+    print(f"published model: {package['model']} (braintl predict --model {out.url} IMAGES)")
     return 0
+
+
+def _publish(args, out, result, metrics: dict, prepared) -> dict[str, str]:
+    """The package ``braintl run`` publishes, with this one model as its only member."""
+    member = Member(
+        result.model.state_dict(),
+        {
+            "fold": args.fold,
+            "threshold": metrics["evaluation"]["youden_threshold_from_val"],
+            "val_auc": metrics["evaluation"]["val"]["at_youden"]["auc"],
+            "best_epoch": result.best_epoch,
+            "source": {
+                "model_url": out.join("model.pt").url,
+                "metrics_url": out.join("metrics.json").url,
+            },
+        },
+    )
+    origin = {
+        "run_id": f"train-{new_run_id()}",
+        "run_url": out.url,
+        "model": f"{result.config.backbone}/{result.config.strategy}",
+        "cross_validation": None,
+        "single_fold": True,
+    }
+    data = {
+        "tensors_url": prepared.tensors_url,
+        "fingerprint": prepared.manifest.fingerprint,
+        "meta": {k: v for k, v in prepared.meta.items() if k != "files"},
+    }
+    info = package_info(origin, data, [metrics], [member])
+    return write_package(out.join(MODEL_DIR), info, [member])

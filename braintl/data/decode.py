@@ -30,7 +30,8 @@ CORRUPT = "corrupt"
 TOO_SMALL = "too_small"
 TOO_LARGE = "decompression_bomb"
 UNREADABLE = "unreadable"
-REASONS = (EMPTY, NOT_AN_IMAGE, CORRUPT, TOO_SMALL, TOO_LARGE, UNREADABLE)
+UNSUPPORTED = "unsupported"  # a DICOM transfer syntax or NIfTI layout braintl cannot decode
+REASONS = (EMPTY, NOT_AN_IMAGE, CORRUPT, TOO_SMALL, TOO_LARGE, UNREADABLE, UNSUPPORTED)
 
 
 class Quarantine(Exception):

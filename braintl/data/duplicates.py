@@ -116,6 +116,8 @@ class Groups:
     copy_pairs: tuple[tuple[int, int, float], ...] = ()  # (i, j, signature distance), joined
     contradicted_pairs: tuple[tuple[int, int, int, float], ...] = ()  # (i, j, bits, sig): apart
     provenance_pairs: tuple[tuple[int, int], ...] = ()  # (i, j): one provenance group, joined
+    # Groups of copies only, before provenance joins (one patient's slices are not copies).
+    copy_group: np.ndarray | None = None
 
 
 def find_groups(
@@ -182,6 +184,7 @@ def find_groups(
             if find(i) != find(j):
                 copies.append((i, j, round(d, 3)))
                 union(i, j)
+    copy_roots = [find(i) for i in range(n)]
     named = join_equal(provenance or [])
     roots = [find(i) for i in range(n)]
     # Name each group by its smallest member hash so ids survive renames and reordering.
@@ -190,8 +193,15 @@ def find_groups(
         key[r] = min(key.get(r, pixel_hashes[i]), pixel_hashes[i])
     order = {r: g for g, r in enumerate(sorted(key, key=key.__getitem__))}
     group = np.array([order[r] for r in roots], dtype=np.int64)
+    copy_group = np.unique(np.array(copy_roots, dtype=np.int64), return_inverse=True)[1]
     return Groups(
-        group, tuple(exact), tuple(near), tuple(copies), tuple(contradicted), tuple(named)
+        group,
+        tuple(exact),
+        tuple(near),
+        tuple(copies),
+        tuple(contradicted),
+        tuple(named),
+        copy_group.reshape(n),
     )
 
 

@@ -1,16 +1,24 @@
-"""Find the labelled images under a data URL: one sub-folder per label, searched recursively."""
+"""Find the labelled images under a data URL: one sub-folder per label, searched recursively.
+
+Images are found by extension (plain images, DICOM, NIfTI); a file with any other extension is
+read for 132 bytes to find the DICM magic, since PACS exports often name files by UID or not at
+all.
+"""
 
 from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
 
+from braintl.data.dicom import is_dicom
+from braintl.data.formats import CLINICAL_EXTENSIONS
 from braintl.errors import UserError
 from braintl.storage import Location, StorageError, resolve
 from braintl.urls import credentials_problem
 
 DEFAULT_LABEL_MAP: dict[str, str] = {"yes": "tumor", "no": "no_tumor"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff")
+SCAN_EXTENSIONS = IMAGE_EXTENSIONS + CLINICAL_EXTENSIONS
 # Files every OS and tool drops into folders; never images, never worth a quarantine line.
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 POSITIVE_LABEL = "tumor"
@@ -89,8 +97,9 @@ def list_images(
             if islink:
                 skipped.append((rel, _LINK))
                 continue
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                skipped.append((rel, f"not an image extension ({', '.join(IMAGE_EXTENSIONS)})"))
+            if not is_scan(root, path):
+                why = f"not an image extension ({', '.join(SCAN_EXTENSIONS)}) nor DICOM"
+                skipped.append((rel, why))
                 continue
             url = root.join(rel).url
             images.append(ImageRef(url, rel, folder, label_map[folder], size))
@@ -177,6 +186,17 @@ def _walk(folder: Location, limit: int | None = None) -> list[tuple[str, int, bo
         if not info["name"].endswith("/")
     )
     return files if limit is None else files[:limit]
+
+
+def is_scan(location: Location, path: str) -> bool:
+    """True for a scan's extension, or a file that starts as DICOM does (read for 132 bytes;
+    an unreadable one is not DICOM)."""
+    if posixpath.basename(path).lower().endswith(SCAN_EXTENSIONS):
+        return True
+    try:
+        return is_dicom(location.fs.cat_file(path, start=0, end=132))
+    except Exception:  # noqa: BLE001 - the file is skipped with its reason either way
+        return False
 
 
 def _moves(rel: str) -> bool:

@@ -3,7 +3,10 @@
 One pass over the data does everything that needs pixels; a caller that also wants the
 pixels (``prepare``, to build tensors) receives each decoded image through ``on_image``
 instead of decoding a second time. Signatures (``duplicates``: transformed copies) live only
-for the grouping: 3 kB an image would dwarf the rest of the manifest.
+for the grouping: 3 kB an image would dwarf the rest of the manifest. A clinical file gives
+one record per image it holds (the frames of a DICOM, the slices of a NIfTI volume:
+``path#frame=N``, ``path#slice=N``), each with the file's pseudonymous patient, study and
+series (``clinical``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from braintl.data.clinical import ClinicalConfig, Identity
 from braintl.data.decode import (
     TOO_LARGE,
     UNREADABLE,
     Decoded,
     DecodeLimits,
     Quarantine,
-    decode,
     too_many_bytes,
 )
 from braintl.data.duplicates import (
@@ -34,6 +37,7 @@ from braintl.data.duplicates import (
     perceptual_hash,
     pixel_hash,
 )
+from braintl.data.formats import decode_file
 from braintl.data.listing import ImageRef, Listing
 from braintl.data.provenance import NOT_IN_MANIFEST, Provenance
 from braintl.data.signature import CONTRADICTS, COPY_DISTANCE, SIZE, signature
@@ -61,6 +65,12 @@ class Record:
     phash: str = ""
     group: int = -1
     provenance: str = ""  # the file's provenance group (``provenance``); "" when none
+    # Pseudonyms of a clinical file's origin (``pseudonyms``); "" for plain images.
+    patient: str = ""
+    study: str = ""
+    series: str = ""
+    instance: str = ""
+    copy_group: int = -1  # ``group`` before provenance joins: copies only
 
 
 @dataclass
@@ -121,7 +131,9 @@ class Manifest:
         by_label = Counter(r.label for r in self.records)
         usable = Counter(r.label for r in self.records if r.status == OK)
         groups = self.duplicate_groups()
-        copies = copy_stats(np.array([r.group for r in self.records if r.group >= 0], np.int64))
+        copies = copy_stats(
+            np.array([r.copy_group for r in self.records if r.copy_group >= 0], np.int64)
+        )
         contradicted = [
             {"files": [self.records[i].relpath, self.records[j].relpath], "bits": d, "signature": s}
             for i, j, d, s in self.contradicted_pairs
@@ -146,6 +158,7 @@ class Manifest:
             "contradicted_near_pairs": contradicted,
             "near_distance_warning": near_distance_warning(self.near_distance, contradicted),
             "provenance": self.provenance_summary(),
+            "clinical": self.clinical_summary(),
             "pre_augmented": copies["pre_augmented"],
             "copy_stats": copies,
             "duplicate_groups": [g for g in groups if not g["conflict"]],
@@ -179,6 +192,26 @@ class Manifest:
                 "label_disagreements": self.provenance["label_disagreements"],
             }
         return summary
+
+    def clinical_summary(self) -> dict | None:
+        """Patients, studies, series and slices per patient among the usable images (their
+        pseudonyms only); None when no file is DICOM or NIfTI."""
+        usable = [r for r in self.records if r.status == OK and (r.patient or r.series)]
+        if not usable:
+            return None
+        per_patient = sorted(Counter(r.patient for r in usable if r.patient).values()) or [0]
+        return {
+            "patients": len({r.patient for r in usable if r.patient}),
+            "studies": len({r.study for r in usable if r.study}),
+            "series": len({r.series for r in usable if r.series}),
+            "images": len(usable),
+            "images_without_patient": sum(not r.patient for r in usable),
+            "slices_per_patient": {
+                "min": per_patient[0],
+                "median": float(np.median(per_patient)),
+                "max": per_patient[-1],
+            },
+        }
 
     def notes(self) -> list[str]:
         """What a log should say about this data: pre-augmented, a too loose near distance,
@@ -281,18 +314,21 @@ def scan(
     limits: DecodeLimits | None = None,
     near_distance: int = DEFAULT_NEAR_DISTANCE,
     copy_distance: float = COPY_DISTANCE,
-    on_image: Callable[[int, Decoded], None] | None = None,
+    on_image: Callable[[str, Decoded], None] | None = None,
     workers: int | None = None,
     provenance: Provenance | None = None,
     memory_budget_gb: float | None = None,
+    clinical: ClinicalConfig | None = None,
 ) -> Manifest:
     """Decode, check and hash every listed file, then group duplicates and provenance.
 
-    Unusable files are quarantined with a reason and never stop the scan; storage that
-    cannot be reached stops it (:class:`~braintl.storage.StorageError`). A file the listing
-    sizes over ``limits.max_bytes`` is never read, and no read returns more than that plus
-    one byte (a file can grow after listing); as many threads decode at once as the memory
-    budget holds at the limits' worst case (:func:`~braintl.limits.decode_workers`).
+    ``on_image`` receives each usable image with its record's ``relpath``. Unusable files are
+    quarantined with a reason and never stop the scan; storage that cannot be reached stops it
+    (:class:`~braintl.storage.StorageError`). A file the listing sizes over
+    ``limits.max_bytes`` is never read, and no read returns more than that plus one byte (a
+    file can grow after listing); as many threads decode at once as the memory budget holds at
+    the limits' worst case (:func:`~braintl.limits.decode_workers`). A clinical file's group
+    (patient, volume) is its provenance group unless ``--group-by`` or ``--manifest`` gives one.
     """
     provenance = provenance or Provenance()
     missing = provenance.missing({ref.relpath for ref in listing.images})
@@ -304,38 +340,57 @@ def scan(
         limits.peak_bytes(), memory_budget_gb, min(8, (os.cpu_count() or 1) + 2)
     )
 
-    def one(item: tuple[int, ImageRef]) -> tuple[Record, np.ndarray | None]:
-        index, ref = item
+    def one(ref: ImageRef) -> list[tuple[Record, np.ndarray | None]]:
         origin = provenance.origin(ref)
         record = Record(ref.relpath, origin.label, ref.size, provenance=origin.group)
         if not origin.in_manifest:
             detail = f"no row for this file in {provenance.manifest_url}"
-            return _quarantine(record, Quarantine(NOT_IN_MANIFEST, detail)), None
+            return [(_quarantine(record, Quarantine(NOT_IN_MANIFEST, detail)), None)]
         if ref.size > limits.max_bytes:
-            return _quarantine(
-                record, Quarantine(TOO_LARGE, too_many_bytes(ref.size, limits))
-            ), None
+            detail = too_many_bytes(ref.size, limits)
+            return [(_quarantine(record, Quarantine(TOO_LARGE, detail)), None)]
         try:
             data = resolve(ref.url).read_bytes(limits.max_bytes)
         except PermissionError as exc:
-            return _quarantine(record, Quarantine(UNREADABLE, f"permission denied ({exc})")), None
+            return [
+                (_quarantine(record, Quarantine(UNREADABLE, f"permission denied ({exc})")), None)
+            ]
         except (FileNotFoundError, IsADirectoryError) as exc:
             detail = f"listed, but gone or not a file when read ({type(exc).__name__})"
-            return _quarantine(record, Quarantine(UNREADABLE, detail)), None
+            return [(_quarantine(record, Quarantine(UNREADABLE, detail)), None)]
         try:
-            decoded = decode(data, limits)
+            images = decode_file(ref.relpath, data, limits, clinical)
         except Quarantine as q:
-            return _quarantine(record, q), None
-        record.width, record.height = decoded.rgb.shape[1], decoded.rgb.shape[0]
-        record.mode, record.format = decoded.mode, decoded.format
-        record.pixel_hash = pixel_hash(decoded.rgb)
-        record.phash = perceptual_hash(decoded.rgb)
+            return [(_quarantine(record, q), None)]
+        return [
+            _image(record, frame.suffix, frame.decoded, images.identity) for frame in images.frames
+        ]
+
+    def _image(
+        base: Record, suffix: str, decoded: Decoded, identity: Identity
+    ) -> tuple[Record, np.ndarray]:
+        record = Record(
+            base.relpath + suffix,
+            base.label,
+            base.bytes,
+            width=decoded.rgb.shape[1],
+            height=decoded.rgb.shape[0],
+            mode=decoded.mode,
+            format=decoded.format,
+            pixel_hash=pixel_hash(decoded.rgb),
+            phash=perceptual_hash(decoded.rgb),
+            provenance=base.provenance or identity.group,
+            patient=identity.patient,
+            study=identity.study,
+            series=identity.series,
+            instance=identity.instance,
+        )
         if on_image is not None:
-            on_image(index, decoded)
+            on_image(record.relpath, decoded)
         return record, signature(decoded.rgb)
 
     with ThreadPoolExecutor(workers) as pool:
-        scanned = list(pool.map(one, enumerate(listing.images)))
+        scanned = [image for images in pool.map(one, listing.images) for image in images]
     records = [record for record, _ in scanned]
     ok = [i for i, r in enumerate(records) if r.status == OK]
     groups = find_groups(
@@ -348,6 +403,7 @@ def scan(
     )
     for local, i in enumerate(ok):
         records[i].group = int(groups.group[local])
+        records[i].copy_group = int(groups.copy_group[local])
     _mark_conflicts(records)
     manifest = Manifest(
         root=listing.root,
@@ -367,9 +423,9 @@ def scan(
             "manifest_url": provenance.manifest_url,
             "missing": missing,
             "label_disagreements": [
-                {"file": ref.relpath, "folder": ref.label, "manifest": r.label}
-                for ref, r in zip(listing.images, records, strict=True)
-                if r.label != ref.label
+                {"file": ref.relpath, "folder": ref.label, "manifest": label}
+                for ref in listing.images
+                if (label := provenance.origin(ref).label) != ref.label
             ],
         }
     manifest.fingerprint = fingerprint(records)

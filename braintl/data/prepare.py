@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from braintl.codeversion import PACKAGE, source_hash
 from braintl.data.augment import AugmentConfig, augment_images
+from braintl.data.clinical import ClinicalConfig
 from braintl.data.decode import Decoded, DecodeLimits
 from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
 from braintl.data.listing import DEFAULT_LABEL_MAP, label_index, list_images
@@ -75,6 +76,7 @@ class DataConfig(BaseModel):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     seed: int = 0
     preprocess: PreprocessConfig = PreprocessConfig()
+    clinical: ClinicalConfig = ClinicalConfig()
     augment: AugmentConfig = AugmentConfig()
 
     def cache_key(self, fingerprint: str) -> str:
@@ -101,8 +103,8 @@ class Prepared:
     meta: dict
 
 
-def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np.ndarray]]:
-    """The manifest, and the preprocessed pixels of every usable image by record index."""
+def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """The manifest, and the preprocessed pixels of every usable image by record path."""
     listing = list_images(data_url, config.label_map, config.max_images)
     augment_ratio = config.augment.target_ratio if config.augment.enabled else 1.0
     check_data_size(
@@ -112,10 +114,10 @@ def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np
         config.memory_budget_gb,
         listing.root,
     )
-    pixels: dict[int, np.ndarray] = {}
+    pixels: dict[str, np.ndarray] = {}
 
-    def keep(index: int, decoded: Decoded) -> None:
-        pixels[index] = preprocess(decoded.rgb, config.preprocess)
+    def keep(relpath: str, decoded: Decoded) -> None:
+        pixels[relpath] = preprocess(decoded.rgb, config.preprocess)
 
     manifest = scan(
         listing,
@@ -125,6 +127,7 @@ def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np
         on_image=keep,
         provenance=config.provenance(),
         memory_budget_gb=config.memory_budget_gb,
+        clinical=config.clinical,
     )
     for note in manifest.notes():
         log.warning(note)
@@ -159,12 +162,12 @@ def prepare(data_url: str, out_url: str, config: DataConfig | None = None) -> Pr
 
 
 def build_tensors(
-    manifest: Manifest, pixels: dict[int, np.ndarray], config: DataConfig
+    manifest: Manifest, pixels: dict[str, np.ndarray], config: DataConfig
 ) -> TensorSet:
     """Split, augment and stack the usable images (see the module docstring)."""
     usable = manifest.usable()
     records = [manifest.records[i] for i in usable]
-    images = [pixels[i].transpose(1, 2, 0) for i in usable]  # H×W×C for augmentation
+    images = [pixels[r.relpath].transpose(1, 2, 0) for r in records]  # H×W×C for augmentation
     labels = np.array([label_index(r.label) for r in records], dtype=np.int64)
     groups = np.array([r.group for r in records], dtype=np.int64)
     keys = [r.pixel_hash for r in records]

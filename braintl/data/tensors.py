@@ -15,12 +15,14 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from braintl.errors import UserError
 from braintl.storage import COMPLETE_MARKER, Location, resolve
 
 ARRAYS = ("images", "labels", "groups", "augmented")
@@ -141,6 +143,29 @@ def node_cache_dir() -> str:
     return os.environ.get(NODE_CACHE_ENV) or default
 
 
+def private_folder(path: str) -> None:
+    """Create ``path`` (0700) or check an existing one: a folder that trials trust as pixels
+    must be this user's own, else another local user could have planted (or could swap) the
+    arrays in a shared ``/tmp``. Refuses links and folders owned by others; tightens the
+    permissions of this user's own."""
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(path, mode=0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "not a folder (a link or a file)"
+    elif info.st_uid != os.getuid():
+        problem = f"owned by uid {info.st_uid}, not this user (uid {os.getuid()})"
+    else:
+        problem = None
+    if problem:
+        raise UserError(
+            f"{path}: the node-local tensor cache folder is {problem}. Remove it, or set "
+            f"{NODE_CACHE_ENV} to a folder of your own"
+        )
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 def node_copy(loc: Location) -> str:
     """The local folder holding a copy of the complete remote cache ``loc``, downloading it
     unless this node has it already.
@@ -153,10 +178,12 @@ def node_copy(loc: Location) -> str:
     marker = loc.join(COMPLETE_MARKER).read_bytes()
     digest = hashlib.sha256(loc.url.encode() + b"\0" + marker).hexdigest()[:16]
     root = node_cache_dir()
+    if not os.environ.get(NODE_CACHE_ENV):  # the per-user folder in a shared /tmp
+        private_folder(os.path.dirname(root))
+    private_folder(root)  # checked before trusting a copy found there
     target = os.path.join(root, f"{os.path.basename(loc.path.rstrip('/'))}-{digest}")
     if os.path.isdir(target):
         return target
-    os.makedirs(root, exist_ok=True)
     with open(f"{target}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isdir(target):  # another process finished the download while we waited

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from braintl.caveats import run_warnings, seed_comparison, synthetic_data
 from braintl.data.manifest import Manifest, Record
+from braintl.ensemble import BOOTSTRAP_SEED
 from braintl.metrics import json_safe
 from braintl.replica import departures
 from braintl.report import external, plots
@@ -22,7 +23,7 @@ from braintl.report.compare import (
     leakage_audit,
     model_statistics,
 )
-from braintl.report.estimands import ensemble_estimand, fold_mean_estimand
+from braintl.report.estimands import ensemble_estimand
 from braintl.report.explain import gradcam_examples
 from braintl.report.render import render_html
 from braintl.report.seed import SEED_PROTOCOL_NOTE, SEED_SOURCE, TABLE_1, seed_best, seed_row
@@ -32,7 +33,6 @@ from braintl.storage import resolve
 from braintl.uncertainty import BOOTSTRAP_RESAMPLES
 
 REPORT_DIR = "report"
-BOOTSTRAP_SEED = 0
 
 
 def write_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, str]:
@@ -94,7 +94,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
                 "seed_comparison": comparison,
             }
         )
-    cases = gradcam_examples(tensors, preds[best["model"]], best["config"], best["fold"])
+    cases = gradcam_examples(tensors, preds[best["model"]], best["config"], best["runs"])
     validation = external.load(run.loc)
     report = json_safe(
         {
@@ -116,9 +116,9 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
             "cross_validation": _cross_validation(run, best),
             "explanations": {
                 "model": best["model"],
-                "fold": best["fold"]["fold"],
-                "model_url": best["fold"]["model_url"],
-                "threshold": best["fold"]["threshold"],
+                "folds": [run["fold"] for run in best["runs"]],
+                "model_urls": [run["model_url"] for run in best["runs"]],
+                "threshold": preds[best["model"]].threshold,
                 "cases": [{k: v for k, v in c.items() if k != "image"} for c in cases],
             },
             "data": _data(run),
@@ -139,13 +139,14 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
 
 
 def _summary(run: Run, best: dict, synthetic: bool) -> dict:
-    """The plain-words summary: the best model's test figures with their estimand and
-    interval, then what, if anything, the seed's figures say beside them (see braintl.caveats)."""
+    """The plain-words summary: the best model's test figures (the published fold ensemble's)
+    with their interval, then what, if anything, the seed's figures say beside them (see
+    braintl.caveats)."""
     auc, by_image = best["test_bootstrap"]["auc"], best["test_bootstrap_images"]["auc"]
     protocol = run.params["protocol"]
     leak = "leak-free" if protocol == "groups" else "leaky, as the seed's"
     k = len(best["folds"]["test"]["auc"]["values"])
-    estimand = fold_mean_estimand(k)
+    estimand = ensemble_estimand(k)
     plan = _cross_validation(run, best)
     text = (
         f"Best model: {best['model']} (weights {best['weights']}), chosen by mean validation "
@@ -154,7 +155,8 @@ def _summary(run: Run, best: dict, synthetic: bool) -> dict:
         f"(95% CI "
         f"{_fmt(auc['low'])}–{_fmt(auc['high'])}, {best['bootstrap']['text']}, "
         f"{auc['resamples']} resamples; an image bootstrap, which takes copies for independent "
-        f"cases, gives {_fmt(by_image['low'])}–{_fmt(by_image['high'])}), accuracy "
+        f"cases, gives {_fmt(by_image['low'])}–{_fmt(by_image['high'])}; the {k} fold models "
+        f"alone: {_mean_sd(best['folds']['test']['auc'])}), accuracy "
         f"{_fmt(best['test_bootstrap']['accuracy']['estimate'])}, "
         f"sensitivity {_fmt(best['test_bootstrap']['recall']['estimate'])}, specificity "
         f"{_fmt(best['test_bootstrap']['specificity']['estimate'])}. "
@@ -208,6 +210,11 @@ def _summary(run: Run, best: dict, synthetic: bool) -> dict:
 
 def _fmt(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
+
+
+def _mean_sd(summary: dict) -> str:
+    sd = "" if summary["sd"] is None else f" ± {summary['sd']:.3f}"
+    return f"{_fmt(summary['mean'])}{sd}"
 
 
 def _cross_validation(run: Run, best: dict) -> dict:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from braintl.data.tensors import TensorSet
+from braintl.ensemble import ensemble_threshold, test_predictions
 from braintl.errors import UserError
 from braintl.storage import COMPLETE_MARKER, Location, resolve
+from braintl.urls import within
 
 # Parameters that may differ between two runs the leakage audit compares: the protocol itself,
 # and what only changes where or whether a run happens.
@@ -43,19 +45,21 @@ class Run:
 
 @dataclass(frozen=True)
 class FoldPredictions:
-    """One model's k fold models on the held-out test set: ``probs`` k×N, one threshold each;
-    per image its index into the TensorSet, label and source group."""
+    """One model's k fold models on the held-out test set: ``probs`` k×N, one threshold each,
+    and ``threshold``, the fold ensemble's (out-of-fold, see :mod:`braintl.ensemble`); per image
+    its index into the TensorSet, label and source group."""
 
     index: np.ndarray
     y: np.ndarray
     groups: np.ndarray
     probs: np.ndarray
     thresholds: np.ndarray
+    threshold: float
     folds: list[int]
 
     @property
     def mean_prob(self) -> np.ndarray:
-        """The fold-averaged tumor probability per image (the k fold models as one ensemble)."""
+        """The fold ensemble's tumor probability per image: the k fold models' mean."""
         return self.probs.mean(axis=0)
 
 
@@ -72,9 +76,10 @@ def _read(loc: Location, name: str, required: bool = True) -> dict | None:
 
 
 def load_run(run_url: str) -> Run:
-    """The documents of the run at ``run_url`` (``OUT_URL/runs/<run_id>``)."""
+    """The documents of the run at ``run_url`` (``OUT_URL/runs/<run_id>``); the URLs they
+    name (tensors, fold metrics) must lie in that output root (see :func:`within`)."""
     loc = resolve(run_url)
-    return Run(
+    run = Run(
         loc=loc,
         config=_read(loc, "config.json"),
         sweep=_read(loc, "sweep.json", required=False) or {},
@@ -83,6 +88,12 @@ def load_run(run_url: str) -> Run:
         completed=_read(loc, COMPLETE_MARKER, required=False),
         challenge=_read(loc, "challenge.json", required=False),
     )
+    root = loc.parent.parent.url
+    within(run.tensors_url, root, loc.join("config.json").url)
+    for model in run.results["models"]:
+        for fold in model["runs"]:
+            within(fold["metrics_url"], root, loc.join("results.json").url)
+    return run
 
 
 def fold_predictions(
@@ -95,22 +106,21 @@ def fold_predictions(
     """
     out = {}
     for model in results["models"]:
-        index, probs, thresholds = None, [], []
-        for fold in model["runs"]:
-            predictions = resolve(fold["metrics_url"]).read_json()["evaluation"]["predictions"]
-            fold_index = np.asarray(predictions["test"]["index"], dtype=np.int64)
-            if index is not None and not np.array_equal(index, fold_index):
-                raise ValueError(f"{model['model']}: fold models were tested on different images")
-            index = fold_index
-            test_groups = np.asarray(predictions["test"].get("group", groups[index]))
-            probs.append(predictions["test"]["prob"])
-            thresholds.append(fold["threshold"])
+        evaluated = [
+            resolve(fold["metrics_url"]).read_json()["evaluation"]["predictions"]
+            for fold in model["runs"]
+        ]
+        try:
+            index, test_groups, probs = test_predictions(evaluated, groups)
+        except ValueError as exc:
+            raise ValueError(f"{model['model']}: {exc}") from None
         out[model["model"]] = FoldPredictions(
             index=index,
             y=labels[index],
             groups=test_groups,
-            probs=np.asarray(probs, dtype=np.float64),
-            thresholds=np.asarray(thresholds, dtype=np.float64),
+            probs=probs,
+            thresholds=np.asarray([fold["threshold"] for fold in model["runs"]], dtype=np.float64),
+            threshold=ensemble_threshold(labels, evaluated),
             folds=[fold["fold"] for fold in model["runs"]],
         )
     return out

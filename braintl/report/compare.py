@@ -1,20 +1,22 @@
 """The report's statistics per model and between models, from the fold models' test predictions.
 
-How a model with k fold models is scored on the held-out test set (the page says so too):
+How a model with k fold models is scored on the held-out test set (the page says so too): as
+the model a run publishes, the fold ensemble (:mod:`braintl.ensemble`), one estimand throughout.
 
-- **Table figures**: each fold model at its own Youden threshold (chosen on its validation fold),
-  the k scores averaged. The 95% interval is a group bootstrap: it resamples source groups (a
-  scan and its copies) jointly for all k fold models, so copies do not pass for independent
-  cases. The image bootstrap's interval stays beside it, to show what treating copies as cases
-  would claim, and so do the same figures on one image per group.
+- **Table figures**: the ensemble's probability (the k fold models' mean) at its threshold
+  (Youden's J on the out-of-fold validation predictions). The 95% interval is a group
+  bootstrap: it resamples source groups (a scan and its copies), so copies do not pass for
+  independent cases. The image bootstrap's interval stays beside it, to show what treating
+  copies as cases would claim, and so do the same figures on one image per group. The fold
+  models' mean ± sd (each at its own threshold) is the spread, from results.json.
 - **One image per group**: each group's first image in the TensorSet, where originals precede
   augmented copies, so an original scan whenever the test set holds one. A representative rather
   than the group's mean probability: averaging copies would score a test-time-augmentation
   ensemble that the published model never runs.
-- **ROC curves, DeLong's test, calibration**: the fold-averaged tumor probability per image (the
-  k fold models as one ensemble), which needs no threshold. DeLong's test counts a group once
-  (Obuchowski's clustered form) and its p-values are Holm-adjusted over the comparisons.
-- **Confusion matrix**: the k fold models' counts at their own thresholds, summed (k × N calls).
+- **ROC curves, DeLong's test, calibration**: the same ensemble probability, which needs no
+  threshold. DeLong's test counts a group once (Obuchowski's clustered form) and its p-values
+  are Holm-adjusted over the comparisons.
+- **Confusion matrix**: the ensemble's calls at its threshold.
 """
 
 from __future__ import annotations
@@ -22,25 +24,27 @@ from __future__ import annotations
 import numpy as np
 
 from braintl.data.tensors import TensorSet
+from braintl.ensemble import headline
 from braintl.metrics import evaluate, json_safe, reliability_bins, roc_curve
 from braintl.report.collect import FoldPredictions, Run, fold_predictions
 from braintl.report.estimands import ensemble_estimand, fold_mean_estimand
-from braintl.uncertainty import bootstrap_metrics, delong_test, holm, one_per_group
+from braintl.uncertainty import delong_test, holm, one_per_group
 
 ESTIMATE_NOTE = (
-    "Test figures: each of a model's k fold models is scored at its own threshold (Youden's J on "
-    "its validation fold) and the k scores are averaged. 95% intervals: {bootstrap} "
-    "({resamples} resamples, seed {seed}), drawing source groups (a scan with its copies) with "
-    "replacement, jointly for all k fold models; resamples where a score is undefined (one class "
-    "drawn) are left out and counted in report.json. Below each: the image bootstrap's interval, "
-    "which takes every image for an independent case, and the figures on one image per group "
-    "(its first in the tensor set, an original scan where the test set holds one). ROC curves, "
-    "DeLong's test and calibration use the fold-averaged probability per image; DeLong's test "
-    "counts each group once and its p-values are Holm-adjusted; confusion matrices sum the k "
-    "fold models' calls."
+    "Test figures, one estimand throughout: the model the run publishes, the fold ensemble (the "
+    "mean probability of a model's k fold models), at its threshold (Youden's J on the "
+    "out-of-fold validation predictions, each image scored by the fold model that did not train "
+    "on it). 95% intervals: {bootstrap} ({resamples} resamples, seed {seed}), drawing source "
+    "groups (a scan with its copies) with replacement; resamples where a score is undefined (one "
+    "class drawn) are left out and counted in report.json. Below each: the image bootstrap's "
+    "interval, which takes every image for an independent case, the figures on one image per "
+    "group (its first in the tensor set, an original scan where the test set holds one), and the "
+    "fold models' mean ± sd (each at its own threshold), the spread over folds. ROC curves, "
+    "DeLong's test, calibration and the confusion matrices score the same ensemble; DeLong's "
+    "test counts each group once and its p-values are Holm-adjusted."
 )
 DELONG_METHOD = (
-    "DeLong's test for clustered data (Obuchowski 1997) on the fold-averaged probabilities: each "
+    "DeLong's test for clustered data (Obuchowski 1997) on the fold ensembles' probabilities: each "
     "source group counts once. p_holm: Holm-adjusted over the comparisons with the best model. "
     "p_images: DeLong's test taking every image for an independent case, for comparison."
 )
@@ -48,17 +52,14 @@ AUDIT_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
 
 def model_statistics(pred: FoldPredictions, resamples: int, seed: int) -> dict:
-    """Group- and image-bootstrap intervals, figures on one image per group, per-class
-    accuracy, confusion matrix, ROC and calibration."""
-    boot = bootstrap_metrics(pred.y, pred.probs, pred.thresholds, pred.groups, resamples, seed)
-    images = bootstrap_metrics(pred.y, pred.probs, pred.thresholds, None, resamples, seed)
+    """The fold ensemble's group- and image-bootstrap intervals, figures on one image per
+    group, per-class accuracy, confusion matrix, ROC and calibration."""
+    prob, threshold = pred.mean_prob, pred.threshold
+    boot = headline(pred.y, prob, threshold, pred.groups, resamples, seed)
+    images = headline(pred.y, prob, threshold, None, resamples, seed)
     first = first_image_per_group(pred)
-    one_per = bootstrap_metrics(
-        pred.y[first], pred.probs[:, first], pred.thresholds, None, resamples, seed
-    )
-    calls = [evaluate(pred.y, p, t) for p, t in zip(pred.probs, pred.thresholds, strict=True)]
-    matrix = np.sum([c.confusion_matrix for c in calls], axis=0).tolist()
-    ensemble = evaluate(pred.y, pred.mean_prob)
+    one_per = headline(pred.y[first], prob[first], threshold, None, resamples, seed)
+    ensemble = evaluate(pred.y, prob, threshold)
     fpr, tpr, _ = (
         roc_curve(pred.y, pred.mean_prob) if 0 < pred.y.sum() < len(pred.y) else ([], [], [])
     )
@@ -69,11 +70,12 @@ def model_statistics(pred: FoldPredictions, resamples: int, seed: int) -> dict:
             "test_bootstrap_images": images,
             "test_one_per_group": one_per,
             "per_class_accuracy": {"tumor": boot["recall"], "no_tumor": boot["specificity"]},
-            "confusion_matrix": matrix,
+            "confusion_matrix": ensemble.confusion_matrix,
             "n_test": len(pred.y),
             "n_groups": len(first),
             "ensemble": {
                 "estimand": ensemble_estimand(len(pred.probs)),
+                "threshold": threshold,
                 "auc": ensemble.auc,
                 "brier": ensemble.brier,
                 "ece": ensemble.ece,

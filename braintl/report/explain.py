@@ -1,5 +1,6 @@
-"""Grad-CAM overlays of the best fold model on a few held-out test scans per class, correct and
-wrong: where the model looked, shown as a qualitative check, not as evidence."""
+"""Grad-CAM overlays of the best model's fold ensemble (the published model; the mean of its fold
+models' maps, see :func:`braintl.gradcam.ensemble_grad_cam`) on a few held-out test scans per
+class, correct and wrong: where the model looked, shown as a qualitative check, not as evidence."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 
 from braintl.data.tensors import TensorSet
-from braintl.gradcam import grad_cam, overlay_png
+from braintl.gradcam import ensemble_grad_cam, overlay_png
 from braintl.models import create_model
 from braintl.report.collect import FoldPredictions
 from braintl.report.plots import data_uri
@@ -51,18 +52,22 @@ def pick_cases(y: np.ndarray, prob: np.ndarray, threshold: float, per_case: int)
 
 
 def gradcam_examples(
-    tensors: TensorSet, pred: FoldPredictions, config: dict, fold: dict, per_case: int = PER_CASE
+    tensors: TensorSet,
+    pred: FoldPredictions,
+    config: dict,
+    runs: list[dict],
+    per_case: int = PER_CASE,
 ) -> list[dict]:
-    """Overlays of the fold model ``fold`` (a results.json ``runs`` record) on test scans;
-    each case carries its test-set ``index`` and a PNG data URI ``image``."""
-    k = pred.folds.index(fold["fold"])
-    cases = pick_cases(pred.y, pred.probs[k], float(pred.thresholds[k]), per_case)
+    """Overlays of the fold ensemble of ``runs`` (results.json ``runs`` records) on test scans,
+    picked by the ensemble's probability and threshold; each case carries its test-set
+    ``index`` and a PNG data URI ``image``."""
+    cases = pick_cases(pred.y, pred.mean_prob, pred.threshold, per_case)
     if not cases:
         return []
     index = pred.index[[c["position"] for c in cases]]
     images = torch.from_numpy(np.ascontiguousarray(tensors.images[index]))
-    model = load_fold_model(config, fold["model_url"], images.shape[-1])
-    heatmaps = grad_cam(model, images)
+    models = [load_fold_model(config, run["model_url"], images.shape[-1]) for run in runs]
+    heatmaps = ensemble_grad_cam(models, images)
     for case, i, image, heat in zip(cases, index, images, heatmaps, strict=True):
         case.pop("position")
         case["index"] = int(i)

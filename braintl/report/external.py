@@ -49,7 +49,7 @@ def section(validation: dict | None, images: dict[str, str]) -> str:
     rows = []
     for s in [validation["internal"], *validation["sources"]]:
         scores = s.get("scores") or {}
-        unusable = len(s.get("quarantined", [])) + s.get("label_conflicts", 0) + s["unreadable"]
+        unusable = len(s.get("quarantined", [])) + s.get("label_conflicts", 0)
         name = escape(s["name"]) + (
             f"<div class=folds>{escape(s['url'])}</div>" if s["url"] else ""
         )

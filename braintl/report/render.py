@@ -22,18 +22,18 @@ SECTIONS = {
     "run": "Run",
 }
 PLOTS = {
-    "roc": "ROC curves of every model (fold-averaged probability)",
-    "confusion": "Confusion matrices (rows: true class; counts summed over fold models)",
+    "roc": "ROC curves of every model (its fold ensemble's probability)",
+    "confusion": "Confusion matrices (rows: true class; the fold ensemble at its threshold)",
     "learning": "Learning curves: train loss and validation AUC per epoch, one colour per fold",
-    "calibration": "Calibration: reliability diagram with Brier score and ECE (fold-averaged "
-    "probability)",
+    "calibration": "Calibration: reliability diagram with Brier score and ECE (the fold "
+    "ensemble's probability)",
 }
 TRIAL_FIELDS = {"backbone", "strategy", "trial_id", "val_auc", "best_val_auc", "epochs_run",
                 "stopped_early", "error", "reports"}  # fmt: skip
 # report.json's DeLong field → its column on the page.
 DELONG_COLUMNS = {
-    "auc_a": "AUC best (fold-averaged probabilities)",
-    "auc_b": "AUC other (fold-averaged probabilities)",
+    "auc_a": "AUC best (fold ensemble)",
+    "auc_b": "AUC other (fold ensemble)",
     "diff": "difference",
     "z": "z",
     "p": "p (groups)",
@@ -257,9 +257,8 @@ def _comparisons(report: dict) -> str:
     unit = report["models"][0]["bootstrap"]
     out = (
         f"<h3>DeLong's test: {_e(best)} against each other model</h3>"
-        + f'<p class="note" id="delong-estimand">AUCs here: <b>{_e(estimand)}</b> (one '
-        "ensemble per model), not Table 1's mean of the fold models' AUCs; the two differ for "
-        "the same model.</p>"
+        + f'<p class="note" id="delong-estimand">AUCs here: <b>{_e(estimand)}</b>, the '
+        "estimand of Table 1 and the summary.</p>"
         + (
             _table(
                 headers,
@@ -370,7 +369,8 @@ def _explanations(explanations: dict, images: dict[str, str]) -> str:
         )
     return (
         f'<p class="note">Qualitative only: Grad-CAM of the tumor logit on the last feature map '
-        f"of {_e(explanations['model'])}, fold model {explanations['fold']} (threshold "
+        f"of {_e(explanations['model'])}'s fold ensemble (the published model: the mean of the "
+        f"maps of fold models {', '.join(map(str, explanations['folds']))}; threshold "
         f"{explanations['threshold']:.3f}), on held-out test scans per class, correct and wrong "
         "where there are any. Warm colours: regions that raised the tumor score. A heatmap shows "
         "what the model used, not that it is anatomy.</p>"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -444,8 +445,16 @@ def _write_checkpoint(location: Location, payload: dict) -> None:
 
 
 def _read_checkpoint(location: Location, config: TrainConfig, data_key: str) -> dict:
-    payload = torch.load(io.BytesIO(location.read_bytes()), map_location="cpu", weights_only=True)
     fix = "delete it or pass another checkpoint URL"
+    try:  # weights only: a pickle planted in storage cannot run code here
+        payload = torch.load(
+            io.BytesIO(location.read_bytes()), map_location="cpu", weights_only=True
+        )
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise UserError(  # not torch's text: it suggests weights_only=False
+            f"{location.url}: not a weights-only braintl checkpoint ({type(exc).__name__}: it "
+            f"holds more than tensors and plain values); refused, {fix}"
+        ) from exc
     if payload.get("format") not in READABLE_FORMATS:
         raise UserError(f"{location.url}: not a braintl training checkpoint; {fix}")
     if payload["data_key"] != data_key:
