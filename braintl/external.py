@@ -34,10 +34,10 @@ from braintl.errors import UserError
 from braintl.metrics import evaluate, json_safe, reliability_bins, roc_curve
 from braintl.predict import probabilities
 from braintl.publish import load_model
+from braintl.results import EXTERNAL_FILE
 from braintl.storage import resolve
 from braintl.uncertainty import BOOTSTRAP_RESAMPLES, bootstrap_metrics
 
-EXTERNAL_FILE = "external.json"
 BOOTSTRAP_SEED = 0
 INTERNAL = "internal test"
 METHOD = (

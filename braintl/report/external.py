@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from html import escape
 
-from braintl.external import EXTERNAL_FILE
 from braintl.report import plots
 from braintl.report.tables import interval_of
+from braintl.results import EXTERNAL_FILE
 from braintl.storage import Location
 
 SHOWN_COPIES = 20  # copies named per set on the page; external.json lists them all
