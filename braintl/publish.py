@@ -470,6 +470,7 @@ def model_card(info: dict) -> str:
             f"{_mean_sd(metrics['folds_val'][metric])} | "
             f"{_mean_sd(metrics['folds_test'][metric])} |"
         )
+    lines += external_lines(info.get("external"))
     lines += ["", "## Limitations", ""]
     lines += [f"- {item}" for item in _limitations(info)]
     return "\n".join(lines) + "\n"
@@ -530,11 +531,56 @@ def _mean_sd(summary: dict) -> str:
     return _pct(summary["mean"]) + ("" if sd is None else f" ± {100 * sd:.1f}")
 
 
+def note_external(model_url: str, external: dict) -> str:
+    """Add the external validation (``braintl.external.summary``) to the package's
+    ``model.json`` and card, which :func:`publish_model` wrote before the model could be
+    scored; returns the card's URL."""
+    target = resolve(model_url)
+    info = target.join(PACKAGE_FILE).read_json() | {"external": external}
+    target.join(PACKAGE_FILE).write_json(info)
+    card = target.join(CARD_FILE)
+    card.write_bytes(model_card(info).encode())
+    return card.url
+
+
+def external_lines(external: dict | None) -> list[str]:
+    """The card's External validation section (Markdown lines; none without external sets)."""
+    if not external:
+        return []
+    lines = [
+        "",
+        "## External validation",
+        "",
+        f"This model at its threshold {external['threshold']:.4f} (chosen on validation; "
+        "nothing tuned on these sets) on scans from other sources, copies of the development "
+        "scans removed first; 95 % group-bootstrap intervals. The internal test row is the "
+        "same model on its run's held-out test scans.",
+        "",
+        "| set | scans (groups) | copies removed | AUC | sensitivity | specificity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in [external["internal"], *external["sources"]]:
+        name = row["name"] + (f" (`{row['url']}`)" if row.get("url") else "")
+        figures = [_interval(row.get(k)) for k in ("auc", "sensitivity", "specificity")]
+        copies = "–" if row.get("copies_removed") is None else row["copies_removed"]
+        lines.append(
+            f"| {name} | {row['n']} ({row['groups']}) | {copies} | " + " | ".join(figures) + " |"
+        )
+    return lines
+
+
 def _limitations(info: dict) -> list[str]:
     data = info["data"]
+    external = info.get("external") or {}
+    where = (
+        f"been validated on {len(external['sources'])} other source(s) only (External "
+        "validation, above)"
+        if external
+        else "not been validated on other scanners, sequences, sites or populations"
+    )
     items = [
         f"Trained on {data['originals']} scans from one source (`{data['data_url']}`): it has "
-        "not been validated on other scanners, sequences, sites or populations.",
+        f"{where}.",
         "2D slices only, one label per image; it does not localise tumors or tell their types.",
         f"The threshold {info['threshold']:.4f} was chosen on "
         f"{info['metrics']['val_out_of_fold']['n']} validation images; probabilities are not "

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 PARTS = ("val", "test")
 LATEST = "latest.json"
+EXTERNAL_FILE = "external.json"  # a run's external validation (braintl.external)
 # What results.json keeps of each fold's record: where its model and predictions are, and how
 # its training went (the report draws learning curves from the history).
 FOLD_FIELDS = (

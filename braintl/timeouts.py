@@ -33,6 +33,7 @@ STAGES = {  # stage → its explicit setting under RetrainParams.timeouts
     "sweep": "sweep_s",
     "cross-validation": "cross_validation_s",
     "publish": "publish_s",
+    "external": "external_s",
 }
 
 
@@ -54,6 +55,9 @@ class Timeouts(BaseModel):
     publish_s: float | None = Field(
         None, gt=0, description="each of results, report and model; None: the floor"
     )
+    external_s: float | None = Field(
+        None, gt=0, description="each external-validation stage; None: from max_images"
+    )
 
     def prepare(self, config: DataConfig) -> float:
         """Preparing the most files ``config`` accepts (``max_images``), augmented if enabled."""
@@ -68,6 +72,11 @@ class Timeouts(BaseModel):
         waves = math.ceil(runs / max(1, at_once))
         per_image_epoch = SECONDS_PER_IMAGE_EPOCH_224 * (image_size / 224) ** 2
         return self._seconds(stage, waves * epochs * images * per_image_epoch)
+
+    def external(self, config: DataConfig, sets: int) -> float:
+        """Each external stage reads the development data (screening) or its test part
+        (scoring) and ``sets`` external sets, each at most ``max_images``, once."""
+        return self._seconds("external", (1 + sets) * config.max_images * PREPARE_SECONDS_PER_FILE)
 
     def publish(self) -> float:
         return self._seconds("publish", 0.0)

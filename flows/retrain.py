@@ -55,10 +55,11 @@ from braintl.runinfo import environment
 from braintl.storage import COMPLETE_MARKER, resolve
 from braintl.timeouts import NIGHTLY_TIMEOUT_S, RUN_TIMEOUT_S, Timeouts, expired
 from braintl.tuning import SweepConfig
-from braintl.urls import credentials_problem, inside_problem
+from braintl.urls import credentials_problem, inside_problem, is_inside
 from flows.roots import confine
 from tasks.champion import challenge_champion
 from tasks.data import data_source, prepare_data, snapshot
+from tasks.external import screen_external, validate_external
 from tasks.model import publish_model, warm_start
 from tasks.report import render_report
 from tasks.results import (
@@ -151,6 +152,11 @@ class RetrainParams(BaseModel):
     clinical: ClinicalConfig = Field(
         default_factory=ClinicalConfig, description="DICOM windows and groups, NIfTI slices"
     )
+    external_data_urls: list[str] = Field(
+        default_factory=list,
+        description="labelled folders from other sources (a folder per label): the published "
+        "model is scored on each, copies of development scans removed first",
+    )
     augment: bool = Field(False, description="offline augmentation of training partitions")
     seed: int = Field(0, ge=0)
     tuning: Literal["sweep", "seed"] = Field(
@@ -202,6 +208,29 @@ class RetrainParams(BaseModel):
         if problem:
             raise _bad(problem)
         return url
+
+    @field_validator("external_data_urls")
+    @classmethod
+    def _external_apart(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        """Each external set once, none inside the development data (it would be listed as
+        development scans too), no credentials."""
+        data_url = info.data.get("data_url")
+        problems = [credentials_problem("external_data_urls", url) for url in urls]
+        problems += [
+            f"external_data_urls: {url} lies inside data_url={data_url}: its scans are "
+            "development scans. Give a folder outside the development data"
+            for url in urls
+            if data_url and is_inside(url, data_url)
+        ]
+        repeated = sorted({url for url in urls if urls.count(url) > 1})
+        if repeated:
+            problems.append(
+                f"external_data_urls: {', '.join(repeated)} given twice; give each once"
+            )
+        found = [p for p in problems if p]
+        if found:
+            raise _bad("; ".join(found))
+        return urls
 
     @field_validator("out_url")
     @classmethod
@@ -295,10 +324,12 @@ class RetrainParams(BaseModel):
         """With ``tuning="seed"``, each pair's training configuration: the seed's settings."""
         return replica.seed_configs(pairs, self.base_train_config(weights))
 
-    def run_key(self, fingerprint: str) -> str:
+    def run_key(self, fingerprint: str, external: list[dict] | None = None) -> str:
         """Same data, same settings and same library code → same key: the run would change
-        nothing."""
+        nothing. ``external``: the screened external sets, whose content counts too."""
         settings = self.model_dump(mode="json", exclude=NOT_IN_RUN_KEY)
+        if external:
+            settings["external"] = [(s["members"], s["copies_removed"]) for s in external]
         blob = json.dumps({"data": fingerprint, "code": code_key(), **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -412,7 +443,14 @@ def _retrain(params: RetrainParams) -> dict | State:
     shared = shared_results(params.out_url)  # the cached stages keep results in OUT/.prefect
     data_url = data_source(params.data_url, params.out_url)
     data_config = params.data_config()
+    external_timeout = params.timeouts.external(data_config, len(params.external_data_urls))
     inputs = (data_url, params.out_url, data_config, snapshot(data_url, params.manifest_url))
+    screened = []
+    if params.external_data_urls:  # a bad external folder fails here, before any training
+        snapshots = [inputs[-1], *(snapshot(url) for url in params.external_data_urls)]
+        screen = screen_external.with_options(timeout_seconds=external_timeout, **shared)
+        screened = screen(data_url, params.external_data_urls, data_config, snapshots)
+        lap("screen-external")
     prepare_timeout = params.timeouts.prepare(data_config)
     prepare = prepare_data.with_options(timeout_seconds=prepare_timeout, **shared)
     prepared = prepare(*inputs)
@@ -420,7 +458,7 @@ def _retrain(params: RetrainParams) -> dict | State:
     if not all_exist([tensors_marker]):  # a cached record, its files deleted
         prepared = prepare.with_options(refresh_cache=True)(*inputs)
     lap("prepare")
-    run_key = params.run_key(prepared["fingerprint"])
+    run_key = params.run_key(prepared["fingerprint"], screened)
     latest = read_latest(params.out_url)
     if latest and latest.get("run_key") == run_key and not params.force:
         message = f"data and configuration equal those of run {latest['run_id']}"
@@ -546,6 +584,11 @@ def _retrain(params: RetrainParams) -> dict | State:
         _table_rows(summary), key="retrain-results", description=f"run {run_id}, mean over folds"
     )
     opening = "".join(f"**Warning: {w}**\n\n" for w in warnings)
+    if screened:
+        opening += (
+            f"External validation on {len(screened)} set(s) follows publishing: the "
+            "`external-validation` artifact and the report's External validation section.\n\n"
+        )
     create_markdown_artifact(
         f"# Retrain run {run_id}\n\n{opening}{to_markdown(summary)}\nResults: `{run.url}`\n",
         key="retrain-summary",
@@ -553,6 +596,11 @@ def _retrain(params: RetrainParams) -> dict | State:
     )
     report = render_report.with_options(timeout_seconds=publish_timeout)(run.url)
     model = publish_model.with_options(timeout_seconds=publish_timeout)(run.url)
+    external = None
+    if screened:
+        validate = validate_external.with_options(timeout_seconds=external_timeout)
+        external = validate(run.url, model["model"], tensors_url, screened)
+        report = render_report.with_options(timeout_seconds=publish_timeout)(run.url)  # + section
     record = {
         "run_id": run_id,
         "run_key": run_key,
@@ -561,6 +609,7 @@ def _retrain(params: RetrainParams) -> dict | State:
         "results": urls,
         "report": report,
         "model": model["model"],
+        "external": external,
         "finished": datetime.now(UTC).isoformat(),
     }
     complete_run(run.url, record)

@@ -74,6 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for flag, field, kind in FIELD_FLAGS:
         p.add_argument(flag, type=kind, dest=field, metavar=kind.__name__.upper())
+    p.add_argument(
+        "--external",
+        metavar="URL",
+        action="append",
+        dest="external_data_urls",
+        help="a labelled folder from another source (a folder per label), repeatable: the "
+        "published model is scored on it after training, copies of development scans removed",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument(
         "-v",
@@ -101,6 +109,7 @@ def params_from_args(args: argparse.Namespace) -> dict:
         "backbones": _names(args.backbones),
         "strategies": _names(args.strategies),
         "tuning": args.tuning,
+        "external_data_urls": args.external_data_urls,
         **{field: getattr(args, field) for _, field, _ in FIELD_FLAGS},
     }
     for field, value in values.items():

@@ -8,6 +8,10 @@ brain" alone does not give the label away: a classifier has to learn blob size a
 
 Every phantom draws its own shape, position and texture, so two phantoms are never perceptual-hash
 near duplicates (which the duplicate detector would group, or flag as a label conflict).
+
+A :class:`Scanner` changes what another site's machine would: contrast (a gamma on the grey
+levels) and noise. The default is the development set's; an external-validation test draws its
+"other source" with another scanner, size and seed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import io
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
@@ -29,6 +34,19 @@ LABELS = {"yes": True, "no": False}  # label folder -> has a tumor
 # What write_phantom_dataset names its files: how a run knows, from its manifest, that its data
 # are synthetic, wherever the set was written or copied.
 PHANTOM_FILE = re.compile(r"phantom_(yes|no)_\d{4,}\.\w+")
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """How a site's scanner renders a phantom: ``gamma`` on the grey levels (above 1 darker
+    mid-tones, below 1 brighter) and ``noise`` multiplying the noise's standard deviation."""
+
+    gamma: float = 1.0
+    noise: float = 1.0
+
+    def __post_init__(self):
+        if self.gamma <= 0 or self.noise < 0:
+            raise ValueError(f"{self}: gamma must be > 0 and noise >= 0")
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
@@ -54,7 +72,9 @@ def _wobble(rng: np.random.Generator, phi: np.ndarray, amplitude: float) -> np.n
     return np.maximum(out, 0.25)
 
 
-def make_phantom(rng: np.random.Generator, tumor: bool, size: int = 256) -> np.ndarray:
+def make_phantom(
+    rng: np.random.Generator, tumor: bool, size: int = 256, scanner: Scanner = Scanner()
+) -> np.ndarray:
     """One phantom as an RGB uint8 ``size×size×3`` array (grey, like the real scans)."""
     if size < 32:
         raise ValueError(f"phantom size {size} is too small: use at least 32 px")
@@ -98,7 +118,7 @@ def make_phantom(rng: np.random.Generator, tumor: bool, size: int = 256) -> np.n
     # without a tumor: the pair differs only in the blob (handy for tests and for debugging).
     bias = 1 + rng.uniform(0.1, 0.2) * _smooth_noise(rng, size, size / 3)  # coil bias field
     gain = rng.uniform(0.85, 1.15)
-    noise = rng.normal(0, rng.uniform(1.5, 4), (size, size))
+    noise = scanner.noise * rng.normal(0, rng.uniform(1.5, 4), (size, size))
 
     if tumor:
         # The tumor: an irregular blob, off centre, sometimes with a darker oedema halo.
@@ -113,7 +133,10 @@ def make_phantom(rng: np.random.Generator, tumor: bool, size: int = 256) -> np.n
 
     img[brain] = tissue[brain]
     img = ndimage.gaussian_filter(img * bias * gain, 0.7) + noise
-    grey = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    img = np.clip(img, 0, 255)
+    if scanner.gamma != 1.0:
+        img = 255 * (img / 255) ** scanner.gamma
+    grey = np.rint(img).astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
@@ -136,6 +159,7 @@ def write_phantom_dataset(
     size: int = 256,
     seed: int = 0,
     fmt: str = "png",
+    scanner: Scanner = Scanner(),
 ) -> str:
     """Write ``<root>/yes/*`` (tumor) and ``<root>/no/*`` phantoms to any storage URL.
 
@@ -152,7 +176,7 @@ def write_phantom_dataset(
     root = resolve(url_or_path)
     for label, count in n_per_label.items():
         for i in range(count):
-            rgb = make_phantom(phantom_rng(seed, label, i), LABELS[label], size)
+            rgb = make_phantom(phantom_rng(seed, label, i), LABELS[label], size, scanner)
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format=pil_format)
             root.join(label, f"phantom_{label}_{i:04d}.{ext}").write_bytes(buf.getvalue())

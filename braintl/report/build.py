@@ -14,7 +14,7 @@ from braintl.data.manifest import Manifest, Record
 from braintl.ensemble import BOOTSTRAP_SEED
 from braintl.metrics import json_safe
 from braintl.replica import departures
-from braintl.report import plots
+from braintl.report import external, plots
 from braintl.report.collect import Run, fold_predictions, load_run, load_tensors, sibling_runs
 from braintl.report.compare import (
     DELONG_METHOD,
@@ -95,6 +95,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
             }
         )
     cases = gradcam_examples(tensors, preds[best["model"]], best["config"], best["runs"])
+    validation = external.load(run.loc)
     report = json_safe(
         {
             "warnings": run_warnings([(m["backbone"], m["weights"]) for m in models], synthetic),
@@ -110,6 +111,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
                 "estimand": ensemble_estimand(len(best["runs"])),
             },
             "leakage_audit": leakage_audit(run, sibling_runs(run)),
+            "external": validation,
             "sweep": run.sweep,
             "cross_validation": _cross_validation(run, best),
             "explanations": {
@@ -131,7 +133,7 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
             },
         }
     )
-    images = _plots(models)
+    images = _plots(models) | external.figures(validation)
     images |= {f"gradcam-{i}": case["image"] for i, case in enumerate(cases)}
     return report, images
 

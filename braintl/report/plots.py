@@ -37,7 +37,7 @@ def _grid(n: int, width: float, height: float) -> tuple[Figure, list]:
     return fig, flat[:n]
 
 
-def roc_curves(models: list[dict]) -> str:
+def roc_curves(models: list[dict], title: str = "ROC, held-out test set") -> str:
     """All models' ROC curves (fold-averaged probability) on one chart; ``models``: name, roc
     {fpr, tpr}, auc."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -47,7 +47,7 @@ def roc_curves(models: list[dict]) -> str:
             ax.plot(model["roc"]["fpr"], model["roc"]["tpr"], label=label, drawstyle="steps-post")
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
     ax.set(xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_title("ROC, held-out test set")
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
@@ -91,7 +91,7 @@ def learning_curves(models: list[dict]) -> str:
     return _png(fig)
 
 
-def calibration(models: list[dict]) -> str:
+def calibration(models: list[dict], title: str = "Calibration, held-out test set (10 bins)") -> str:
     """Reliability diagram of every model's fold-averaged probability, Brier and ECE in the
     legend; ``models``: name, reliability bins, brier, ece."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -102,6 +102,6 @@ def calibration(models: list[dict]) -> str:
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
     ax.set(xlabel="mean predicted P(tumor)", ylabel="observed share of tumors")
     ax.set(xlim=(0, 1), ylim=(0, 1.02))
-    ax.set_title("Calibration, held-out test set (10 bins)")
+    ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from html import escape
 
-from braintl.report.tables import TABLE_METRICS, interval, mean_sd, percent
+from braintl.report import external
+from braintl.report.tables import TABLE_METRICS, interval, interval_of, mean_sd, percent
 
 SECTIONS = {
     "summary": "Summary",
@@ -14,6 +15,7 @@ SECTIONS = {
     "leakage-audit": "Leakage audit",
     "comparisons": "Comparisons",
     "plots": "Plots",
+    "external": "External validation",
     "sweep": "Sweep",
     "explanations": "Explanations (Grad-CAM)",
     "data": "Data",
@@ -109,6 +111,9 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             f'<figure><img id="plot-{k}" alt="{_e(v)}" src="{images[k]}">'
             f"<figcaption>{_e(v)}</figcaption></figure>"
             for k, v in PLOTS.items()
+        ),
+        "external": external.section(
+            report.get("external"), {k: v for k, v in images.items() if k.startswith("external-")}
         ),
         "sweep": _sweep(report["sweep"], report["models"]),
         "explanations": _explanations(report["explanations"], images),
@@ -289,12 +294,6 @@ def _delong_cell(row: dict, key: str) -> str:
         f'<td class=num data-key="{key}" data-value="{json.dumps(row.get(key))}">'
         + _e(_number(row.get(key)))
         + "</td>"
-    )
-
-
-def interval_of(boot: dict) -> str:
-    return interval(
-        {"test_estimate": boot["estimate"], "test_low": boot["low"], "test_high": boot["high"]}
     )
 
 

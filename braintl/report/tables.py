@@ -74,6 +74,13 @@ def mean_sd(mean: float | None, sd: float | None) -> str:
     return percent(mean) + ("" if sd is None or mean is None else f" ± {sd * 100:.1f}")
 
 
+def interval_of(boot: dict) -> str:
+    """A bootstrap result (estimate, low, high) as the table shows it."""
+    return interval(
+        {"test_estimate": boot["estimate"], "test_low": boot["low"], "test_high": boot["high"]}
+    )
+
+
 def interval(cell: dict) -> str:
     if cell["test_estimate"] is None:
         return "–"
