@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import pyarrow.fs
@@ -148,6 +149,12 @@ def _trial(config: dict, tensors_url: str, fold: int, base: dict, checkpoints_ur
     tensors = _tensors(tensors_url)
     train_idx, val_idx = tensors.fold(fold)
     checkpoint = resolve(checkpoints_url).join(f"{tune.get_context().get_trial_id()}.pt")
+    # Where the trial ran and when: which node, which (possibly shared) GPU Ray assigned it.
+    placement = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+        "started": time.time(),
+    }
 
     def report(record: dict) -> None:
         tune.report(
@@ -156,6 +163,8 @@ def _trial(config: dict, tensors_url: str, fold: int, base: dict, checkpoints_ur
                 "val_loss": record["val_loss"],
                 "train_loss": record["train_loss"],
                 "epoch": record["epoch"],
+                **placement,
+                "reported": time.time(),
             }
         )
 
@@ -338,5 +347,6 @@ def _trial_record(result: tune.Result, base: dict, epochs: int) -> dict:
         "reports": len(frame) if frame is not None else 0,
         "stopped_early": error is None and epochs_run < epochs,
         "error": error,
+        **{k: metrics.get(k) for k in ("node_id", "gpu_ids", "started", "reported")},
         "config": config.model_dump(),
     }
