@@ -1,0 +1,135 @@
+"""A real multi-node Ray cluster on 127.0.0.1: a head that only schedules and worker nodes, each
+a separate `ray start --block` in its own process group and temporary folder, so one node can be
+killed alone (`ray stop` would stop every Ray on the machine, other people's included)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect_services import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+OBJECT_STORE = str(100 * 1024**2)  # Ray's minimum is 75 MiB; the default takes 30% of memory
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen
+    temp_dir: str
+    log: Path
+
+    def kill(self) -> None:
+        """The node dies as a lost machine does: every process of it at once, no goodbye."""
+        with_group(self.process, signal.SIGKILL)
+
+
+@dataclass
+class Cluster:
+    address: str  # GCS: what nodes and in-cluster drivers use
+    dashboard: str  # the Jobs and state APIs
+    head: Node
+    workers: list[Node] = field(default_factory=list)
+
+    def worker(self, resources: list[str]) -> Node:
+        """The worker node holding the marker resource among a node's ``resources``."""
+        return next(self.workers[i] for i in range(len(self.workers)) if marker(i) in resources)
+
+
+def marker(i: int) -> str:
+    """A custom resource only worker ``i`` has: the state API's node records name it."""
+    return f"braintl-worker-{i}"
+
+
+def with_group(process: subprocess.Popen, sig: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def _start(args: list[str], env: dict, log: Path) -> Node:
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}"]
+            + [f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Node(process, temp_dir, log)
+
+
+def _wait_for_port(port: int, node: Node, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"ray start exited:\n{node.log.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"Ray node not up in {timeout} s:\n{node.log.read_text()[-3000:]}")
+
+
+def _wait_for_nodes(cluster: Cluster, count: int, env: dict, timeout: float = 180) -> None:
+    code = (
+        "import sys; from ray.util.state import list_nodes\n"
+        "print(sum(n.state == 'ALIVE' for n in list_nodes(address=sys.argv[1])))"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [sys.executable, "-c", code, cluster.dashboard], env=env, capture_output=True, text=True
+        )
+        if done.returncode == 0 and int(done.stdout.split()[-1]) >= count:
+            return
+        time.sleep(2)
+    raise RuntimeError(f"{count} Ray nodes not alive in {timeout} s")
+
+
+def stop(node: Node) -> None:
+    with_group(node.process, signal.SIGTERM)
+    try:
+        node.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with_group(node.process, signal.SIGKILL)
+        node.process.wait()
+    with_group(node.process, signal.SIGKILL)  # what the node's `ray start` left behind
+    shutil.rmtree(node.temp_dir, ignore_errors=True)
+
+
+@contextmanager
+def ray_cluster(logs: Path, env: dict, workers: list[list[str]]):
+    """A head (no CPUs, no GPUs: it only schedules and runs job drivers) and one worker node per
+    entry of ``workers`` (its `ray start` resource flags); ``env`` (token, AWS_*, PATH with
+    this Python first) is every node's environment. Every node stopped on exit."""
+    port, dashboard = free_port(), free_port()
+    head = _start(
+        ["--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0"]
+        + ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
+        + [f"--dashboard-agent-listen-port={free_port()}"],
+        env,
+        logs / "head.log",
+    )
+    cluster = Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", head)
+    try:
+        _wait_for_port(dashboard, head)
+        for i, resources in enumerate(workers):
+            args = [f"--address={cluster.address}", *resources, f'--resources={{"{marker(i)}": 1}}']
+            cluster.workers.append(_start(args, env, logs / f"worker-{i}.log"))
+        _wait_for_nodes(cluster, 1 + len(workers), env)
+        yield cluster
+    finally:
+        for node in [*cluster.workers, head]:
+            stop(node)
