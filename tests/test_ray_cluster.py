@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ray_nodes import ray_cluster
 
 from braintl import cluster
 from braintl.storage import resolve
+from braintl.training.pause import PAUSE_ENV
 
 WORKER = ["--num-cpus=2", "--num-gpus=2"]
 # The nodes' own storage keys (moto takes any): recognisable, to be found nowhere on the cluster.
@@ -242,51 +242,53 @@ def test_jobs_are_reattached_reused_resubmitted_and_stopped(prefect_stack, nodes
 
 @pytest.mark.slow
 def test_a_sweep_job_survives_losing_a_worker_node(
-    prefect_stack, nodes, tensors_on_s3, monkeypatch
+    prefect_stack, nodes, tensors_on_s3, tmp_path, monkeypatch
 ):
-    """Kill one worker node (every process of it at once) while trials train on both: Tune
-    restarts that node's trials on the other from their checkpoints and the job succeeds."""
+    """Four trials, two per worker, held after their first epoch's checkpoint
+    (braintl.training.pause); one worker node is killed (every process of it at once) and the
+    rest released: Tune restarts the lost trials on the other node from their checkpoints, and
+    the job (submitted as a crashed flow would have left it, then re-attached) succeeds."""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", prefect_stack.ray_token)
     spec = {
         "tensors_url": tensors_on_s3,
         "pairs": [["scratch_cnn", "full"]],
-        "base": {"weights": "none", "epochs": 3, "batch_size": 16, "seed": 0},
-        "sweep": {"num_samples": 4, "max_concurrent_trials": 4, "cpus_per_trial": 0.5},
+        "base": {"weights": "none", "epochs": 2, "batch_size": 16, "seed": 0},
+        "sweep": {
+            "num_samples": 4,
+            "max_concurrent_trials": 4,
+            "cpus_per_trial": 0.5,
+            "grace_period": 2,  # no early stopping: every trial trains both epochs
+        },
         "storage_url": f"{prefect_stack.out_url}/node-loss/runs/r1/sweep",
         "name": "sweep",
     }
-    lost: list[str] = []
-    killer = threading.Thread(target=_kill_a_busy_worker, args=(nodes, prefect_stack, lost))
-    killer.start()
-    try:
-        result = cluster.run_job(
-            nodes.dashboard,
-            cluster.job_id(resolve(spec["storage_url"]).join("sweep").url),
-            cluster.entrypoint("sweep", spec),
-            cluster.result_url("sweep", spec),
-        )
-    finally:
-        lost.append("done")  # stops the killer if it has not fired
-        killer.join()
-    assert lost[0] != "done", "no moment with trials on both workers"
+    submission_id = cluster.job_id(resolve(spec["storage_url"]).join("sweep").url)
+    pause = tmp_path / "pause"
+    cluster.client(nodes.dashboard).submit_job(
+        entrypoint=cluster.entrypoint("sweep", spec),
+        submission_id=submission_id,
+        runtime_env={"env_vars": {PAUSE_ENV: f"1:{pause}"}},
+    )
+    deadline = time.monotonic() + 600
+    while len(list(pause.glob("paused-*"))) < 4:
+        assert time.monotonic() < deadline, "four trials never reached their first checkpoint"
+        time.sleep(1)
+    state = _ray_state(nodes.dashboard, prefect_stack.ray_token)
+    busy = sorted({a[2] for a in state["actors"] if a[0] == "ImplicitFunc" and a[1] == "ALIVE"})
+    assert len(busy) == 2, state["actors"]
+    nodes.worker(state["resources"][busy[0]]).kill()
+    (pause / "release").touch()
+
+    result = cluster.run_job(
+        nodes.dashboard,
+        submission_id,
+        "false",  # never run: the job is still running, so it is followed
+        cluster.result_url("sweep", spec),
+    )
     trials = result["trials"]
     assert len(trials) == 4 and all(t["error"] is None for t in trials), trials
-    assert lost[0] not in {t["node_id"] for t in trials}  # all ended on the survivor
-
-
-def _kill_a_busy_worker(nodes, stack, lost: list[str]) -> None:
-    """Once trials run on both workers, let them train a moment, then kill one of the two."""
-    while not lost:
-        state = _ray_state(nodes.dashboard, stack.ray_token)
-        busy = {a[2] for a in state["actors"] if a[0] == "ImplicitFunc" and a[1] == "ALIVE"}
-        if len(busy) == 2:
-            time.sleep(3)
-            victim = sorted(busy)[0]
-            nodes.worker(state["resources"][victim]).kill()
-            lost.insert(0, victim)
-            return
-        time.sleep(1)
+    assert all(t["epochs_run"] == 2 and t["node_id"] == busy[1] for t in trials), trials
 
 
 @pytest.fixture
