@@ -396,7 +396,8 @@ def _release_lease(flow, flow_run, state) -> None:
 def _stop_cluster_jobs(flow, flow_run, state) -> None:
     """Flow hook: a cancelled, failed or timed-out flow run stops the Ray jobs it submitted
     (a crashed one cannot: its jobs run on, and the resumed run re-attaches to them)."""
-    address = (flow_run.parameters.get("params") or {}).get("ray_address")
+    params = flow_run.parameters.get("params") or {}  # JSON from the API; the model in-process
+    address = params.get("ray_address") if isinstance(params, dict) else params.ray_address
     if cluster.uses_jobs(address):
         stopped = cluster.stop_jobs(address, **{cluster.PREFECT_RUN_KEY: str(flow_run.id)})
         print(f"stopped Ray jobs of this flow run: {', '.join(stopped) or 'none running'}")

@@ -153,6 +153,45 @@ def test_cluster_sweep_from_inside_the_cluster_uses_the_gcs_address(prefect_stac
     assert count(after, "JobSupervisor") == count(before, "JobSupervisor"), after
 
 
+@pytest.mark.slow
+def test_cancelling_the_flow_run_stops_its_ray_job(prefect_stack, nodes, monkeypatch):
+    """Cancelled from Prefect while its sweep job trains: the flow's cancellation hook stops the
+    job, so the cluster's GPUs are not held for a run nobody waits for."""
+    from prefect.states import Cancelling
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", prefect_stack.ray_token)
+    params = {
+        **TINY,
+        "backbones": ["scratch_cnn"],
+        "epochs": 500,  # far longer than the test waits: the job is cancelled while it trains
+        "out_url": f"{prefect_stack.out_url}/cancel",
+        "ray_address": nodes.dashboard,
+        "sweep": {"num_samples": 1, "cpus_per_trial": 0.5, "grace_period": 500},
+    }
+    with api_client(prefect_stack.api_url) as client:
+        deployment = client.read_deployment_by_name("retrain/cluster-sweep")
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"params": params})
+    jobs = cluster.client(nodes.dashboard)
+
+    def its_jobs() -> list:
+        mine = {cluster.PREFECT_RUN_KEY: str(run.id)}
+        return [j for j in jobs.list_jobs() if (j.metadata or {}).items() >= mine.items()]
+
+    deadline = time.monotonic() + 600
+    while not [j for j in its_jobs() if j.status.value == "RUNNING"]:
+        assert time.monotonic() < deadline, "the flow run's sweep job never ran"
+        time.sleep(2)
+    with api_client(prefect_stack.api_url) as client:
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+    final = wait_for_final_state(run.id, prefect_stack)
+    assert final.state.is_cancelled(), final.state
+    deadline = time.monotonic() + 120
+    while {j.status.value for j in its_jobs()} != {"STOPPED"}:
+        assert time.monotonic() < deadline, [(j.submission_id, j.status) for j in its_jobs()]
+        time.sleep(2)
+
+
 def test_no_storage_key_on_the_cluster(prefect_stack, nodes):
     """After the runs above: the nodes' AWS keys are in no file of any node (Ray's logs, the
     runtime-env agent's records), no job's record (metadata, runtime env, entrypoint, message)
