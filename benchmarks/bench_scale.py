@@ -107,6 +107,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="trials at once")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
+    # Prefect's temporary server in a home of its own (not ~/.prefect), given time to start on
+    # a loaded machine.
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-scale-prefect-"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
     import ray
 
