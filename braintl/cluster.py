@@ -130,15 +130,16 @@ def run_job(
     status = str(last.status.value) if last else None
     if status in RUNNING:
         submission_id = last.submission_id
-        on_log(f"re-attached to Ray job {submission_id} ({status}) at {address}")
+        started = f"re-attached to Ray job {submission_id} ({status}) at {address}"
     elif status == "SUCCEEDED" and resolve(result_url).exists():
         on_log(f"Ray job {last.submission_id} already succeeded: its record is reused")
         return resolve(result_url).read_json()
     else:
         submission_id = base_id if not attempts else f"{base_id}-{len(attempts) + 1}"
         jobs.submit_job(entrypoint=command, submission_id=submission_id, metadata=metadata)
-        on_log(f"submitted Ray job {submission_id} to {address}")
+        started = f"submitted Ray job {submission_id} to {address}"
     try:
+        on_log(started)
         info = _follow(jobs, submission_id, on_log, poll_s)
     except BaseException:
         jobs.stop_job(submission_id)

@@ -29,8 +29,30 @@ class Node:
     log: Path
 
     def kill(self) -> None:
-        """The node dies as a lost machine does: every process of it at once, no goodbye."""
-        with_group(self.process, signal.SIGKILL)
+        """The node dies as a lost machine does: every process of it at once, no goodbye (its
+        Ray workers included, which the raylet starts in sessions of their own)."""
+        _kill(descendants(self.process.pid))
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc (taken before any dies: orphans are
+    handed to init and lost to the walk)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -99,13 +121,12 @@ def _wait_for_nodes(cluster: Cluster, count: int, env: dict, timeout: float = 18
 
 
 def stop(node: Node) -> None:
+    processes = descendants(node.process.pid)
     with_group(node.process, signal.SIGTERM)
-    try:
+    with suppress(subprocess.TimeoutExpired):
         node.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with_group(node.process, signal.SIGKILL)
-        node.process.wait()
-    with_group(node.process, signal.SIGKILL)  # what the node's `ray start` left behind
+    _kill(processes)  # what the node's `ray start` left behind
+    node.process.wait()
     shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 

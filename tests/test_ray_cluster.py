@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -213,17 +214,21 @@ def test_no_storage_key_on_the_cluster(prefect_stack, nodes):
         assert not [s for s in secrets if s in fs.cat_file(key)], key
 
 
-def _writes(url: str, seconds: float = 0, status: int = 0) -> str:
-    """A job command that waits, writes ``{"wrote": url}`` at ``url`` and exits with ``status``."""
+def _writes(url: str, status: int = 0, after: Path | None = None) -> str:
+    """A job command that waits for the file ``after`` (if given), writes ``{"wrote": url}`` at
+    ``url`` and exits with ``status``."""
+    wait = f"while not os.path.exists({str(after)!r}): time.sleep(0.2)\n" if after else ""
     code = (
-        f"import sys, time; time.sleep({seconds}); from braintl.storage import resolve; "
-        f"resolve({url!r}).write_json({{'wrote': {url!r}}}); sys.exit({status})"
+        f"import os, sys, time\nfrom braintl.storage import resolve\n{wait}"
+        f"resolve({url!r}).write_json({{'wrote': {url!r}}})\nsys.exit({status})"
     )
-    return f'python -c "{code}"'
+    return f"python -c {shlex.quote(code)}"
 
 
 @pytest.mark.slow
-def test_jobs_are_reattached_reused_resubmitted_and_stopped(prefect_stack, nodes, monkeypatch):
+def test_jobs_are_reattached_reused_resubmitted_and_stopped(
+    prefect_stack, nodes, monkeypatch, tmp_path
+):
     """What a flow that crashed and resumes sees: a job still running is followed, not
     duplicated; one that succeeded is reused; one that failed gets a numbered next attempt;
     an interrupted wait and a flow run's hook stop the job."""
@@ -233,49 +238,55 @@ def test_jobs_are_reattached_reused_resubmitted_and_stopped(prefect_stack, nodes
     out = resolve(prefect_stack.out_url).join("jobs-api")
     base = cluster.job_id(out.url)
 
-    def status(submission_id: str) -> str:
-        return jobs.get_job_status(submission_id).value
+    def status(submission_id: str, becomes: str | None = None) -> str:
+        """The job's status, or the first that is ``becomes`` within a minute."""
+        deadline = time.monotonic() + 60
+        while (now := jobs.get_job_status(submission_id).value) != becomes and becomes:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        return now
 
-    # A crashed flow submitted it; the resumed one follows it to the end.
-    jobs.submit_job(entrypoint=_writes(out.join("a").url, seconds=10), submission_id=f"{base}-a")
+    # A crashed flow submitted it, held until the resumed flow has attached to it.
+    held = tmp_path / "release"
+    jobs.submit_job(entrypoint=_writes(out.join("a").url, after=held), submission_id=f"{base}-a")
     seen: list[str] = []
-    record = cluster.run_job(
-        nodes.dashboard, f"{base}-a", "false", out.join("a").url, None, seen.append, 1
-    )
-    assert record == {"wrote": out.join("a").url} and "re-attached" in seen[0]
+
+    def attached(line: str) -> None:
+        seen.append(line)
+        held.touch()
+
+    a = out.join("a").url
+    record = cluster.run_job(nodes.dashboard, f"{base}-a", "false", a, None, attached, 1)
+    assert record == {"wrote": a} and seen[0].startswith(f"re-attached to Ray job {base}-a")
     # Succeeded: reused, nothing submitted (the command given would fail).
-    assert cluster.run_job(nodes.dashboard, f"{base}-a", "false", out.join("a").url) == record
+    assert cluster.run_job(nodes.dashboard, f"{base}-a", "false", a) == record
     # Failed: the error carries Ray's reason; the next call submits attempt 2.
+    b = out.join("b").url
     with pytest.raises(cluster.JobFailed, match=f"{base}-b FAILED"):
-        cluster.run_job(
-            nodes.dashboard, f"{base}-b", _writes(out.join("b").url, status=1), out.join("b").url
-        )
-    cluster.run_job(nodes.dashboard, f"{base}-b", _writes(out.join("b").url), out.join("b").url)
+        cluster.run_job(nodes.dashboard, f"{base}-b", _writes(b, status=1), b)
+    assert cluster.run_job(nodes.dashboard, f"{base}-b", _writes(b), b) == {"wrote": b}
     assert status(f"{base}-b-2") == "SUCCEEDED"
     assert len([j for j in jobs.list_jobs() if (j.submission_id or "").startswith(base)]) == 3
 
     def interrupted(line: str) -> None:
         raise TimeoutError("the task's timeout")
 
+    never = tmp_path / "never"
+    c = out.join("c").url
     with pytest.raises(TimeoutError):
-        cluster.run_job(
-            nodes.dashboard,
-            f"{base}-c",
-            _writes(out.join("c").url, 60),
-            out.join("c").url,
-            None,
-            interrupted,
-        )
-    assert status(f"{base}-c") == "STOPPED"
+        cluster.run_job(nodes.dashboard, f"{base}-c", _writes(c, after=never), c, None, interrupted)
+    assert status(f"{base}-c", becomes="STOPPED") == "STOPPED"
     # A cancelled flow run's hook stops the jobs tagged with its id, and no other.
     for name, run in (("d", "run-1"), ("e", "run-2")):
-        command = _writes(out.join(name).url, 60)
         jobs.submit_job(
-            entrypoint=command,
+            entrypoint=_writes(out.join(name).url, after=never),
             submission_id=f"{base}-{name}",
             metadata={cluster.PREFECT_RUN_KEY: run},
         )
     assert cluster.stop_jobs(nodes.dashboard, **{cluster.PREFECT_RUN_KEY: "run-1"}) == [f"{base}-d"]
+    assert status(f"{base}-d", becomes="STOPPED") == "STOPPED"
+    assert status(f"{base}-e") in {"PENDING", "RUNNING"}
     jobs.stop_job(f"{base}-e")
 
 
@@ -327,7 +338,8 @@ def test_a_sweep_job_survives_losing_a_worker_node(
     )
     trials = result["trials"]
     assert len(trials) == 4 and all(t["error"] is None for t in trials), trials
-    assert all(t["epochs_run"] == 2 and t["node_id"] == busy[1] for t in trials), trials
+    where = [(t["trial_id"], t["node_id"], t["epochs_run"]) for t in trials]
+    assert all(t["epochs_run"] == 2 and t["node_id"] == busy[1] for t in trials), (busy, where)
 
 
 @pytest.fixture
