@@ -15,5 +15,5 @@ if ! python3 -c "import pydantic" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import torch, torchvision, timm, sklearn; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 exec python3 benchmarks/gpu_check.py "$@"

@@ -178,6 +178,8 @@ def write_champion(out_url: str, record: dict) -> str:
 
 def champion_model(out_url: str) -> str:
     """The champion's model URL, for ``braintl predict --model champion``."""
+    # Shaped like braintl.publish's lookup of the latest model, on purpose: each pointer has its
+    # own file and its own reason to be missing, so its own message and fix.
     current = read_champion(out_url)
     if current is None:
         raise UserError(

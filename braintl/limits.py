@@ -34,11 +34,28 @@ def machine_memory() -> int:
     return total
 
 
+def memory_budget(memory_budget_gb: float | None) -> tuple[int, str]:
+    """Bytes of the budget, and whose it is: ``memory_budget_gb``, or None for half this
+    machine's memory (:func:`machine_memory`)."""
+    if memory_budget_gb is not None:
+        return int(memory_budget_gb * GB), "memory_budget_gb"
+    memory = machine_memory()
+    return int(memory * DEFAULT_BUDGET_FRACTION), f"half of this machine's {memory / GB:.1f} GB"
+
+
+def decode_workers(peak_bytes: int, memory_budget_gb: float | None, most: int) -> int:
+    """Threads that may decode at once: at most ``most``, and no more than the budget holds
+    when each decodes the largest file the limits let through (``peak_bytes``), so that many
+    large 16-bit scans decode in turn instead of together. At least one: a single file over
+    the budget still decodes, alone."""
+    budget, _ = memory_budget(memory_budget_gb)
+    return max(1, min(most, budget // peak_bytes))
+
+
 def check_data_size(
     n_images: int,
     image_size: int,
     augment_ratio: float,
-    max_images: int,
     memory_budget_gb: float | None,
     where: str,
 ) -> None:
@@ -49,21 +66,10 @@ def check_data_size(
     the copies preparing holds at once. ``memory_budget_gb`` None means half this machine's
     memory (:func:`machine_memory`).
     """
-    if n_images > max_images:
-        raise UserError(
-            f"{where}: {n_images} images listed, over max_images={max_images}. Check that "
-            "DATA_URL points at the data set and not a whole bucket; for a set this large "
-            f"raise max_images (--max-images {n_images})."
-        )
     total = math.ceil(n_images * augment_ratio)
     tensor_bytes = total * 3 * image_size * image_size
     peak = tensor_bytes * PREPARE_COPIES
-    if memory_budget_gb is None:
-        memory = machine_memory()
-        budget = int(memory * DEFAULT_BUDGET_FRACTION)
-        whose = f"half of this machine's {memory / GB:.1f} GB"
-    else:
-        budget, whose = int(memory_budget_gb * GB), "memory_budget_gb"
+    budget, whose = memory_budget(memory_budget_gb)
     if peak > budget:
         augmented = f" (up to {total} with augmentation)" if total > n_images else ""
         raise UserError(

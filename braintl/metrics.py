@@ -116,20 +116,36 @@ def weighted_auc(positive: np.ndarray, prob: np.ndarray, weights: np.ndarray) ->
     counts, never its order. All-ones weights give the plain AUC. In numpy, as all of this
     module's scores: a training worker need not import scikit-learn (~1 s).
     """
-    order = np.argsort(prob, kind="stable")
-    ordered = prob[order]
-    new = np.r_[True, ordered[1:] != ordered[:-1]]
-    tie = np.cumsum(new) - 1  # tie group of each sorted position
-    w = np.atleast_2d(weights)[:, order]
-    pos = positive[order].astype(bool)
-    neg_w, pos_w = np.where(pos, 0.0, w), np.where(pos, w, 0.0)
-    neg_per_tie = np.add.reduceat(neg_w, np.flatnonzero(new), axis=1)
-    # A positive beats the negatives of lower tie groups and half those of its own.
-    credit = np.cumsum(neg_per_tie, axis=1) - 0.5 * neg_per_tie
-    n_pos, n_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
+    w = np.atleast_2d(weights).astype(np.float64)
+    pos = np.asarray(positive).astype(bool)
+    credit = _weight_below(prob[pos], prob[~pos], w[:, ~pos])
+    n_pos, n_neg = w[:, pos].sum(axis=1), w[:, ~pos].sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        auc = (pos_w * credit[:, tie]).sum(axis=1) / (n_pos * n_neg)
+        auc = (w[:, pos] * credit).sum(axis=1) / (n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def auc_placements(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: per tumor image the share of no-tumor images it
+    outranks, per no-tumor image the share of tumor images outranking it (ties one half).
+    Either mean is the AUC; their spread is DeLong's variance. Needs both classes."""
+    pos = np.asarray(y).astype(bool)
+    ones = np.ones((1, len(p)))
+    tumor = _weight_below(p[pos], p[~pos], ones[:, ~pos])[0] / (~pos).sum()
+    no_tumor = _weight_below(-p[~pos], -p[pos], ones[:, pos])[0] / pos.sum()
+    return tumor, no_tumor
+
+
+def _weight_below(scores: np.ndarray, reference: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row of ``weights`` (B × len(reference)) and per score: the weight of the reference
+    values below it plus half of those equal to it. One sort and two binary searches, so
+    O(N log N + B·N): the rank form of the Mann–Whitney count, ties included."""
+    order = np.argsort(reference, kind="stable")
+    cumulative = np.zeros((len(weights), len(reference) + 1))
+    np.cumsum(weights[:, order], axis=1, out=cumulative[:, 1:])
+    ordered = reference[order]
+    low, high = np.searchsorted(ordered, scores, "left"), np.searchsorted(ordered, scores, "right")
+    return 0.5 * (cumulative[:, low] + cumulative[:, high])
 
 
 def evaluate_at_thresholds(y_true, prob, youden: float) -> ThresholdedMetrics:
@@ -148,7 +164,7 @@ def youden_threshold(y_val, p_val) -> float:
     y, p = check_predictions(y_val, p_val)
     if not 0 < int(y.sum()) < len(y):
         return DEFAULT_THRESHOLD
-    fpr, tpr, thresholds = roc_points(y, p)
+    fpr, tpr, thresholds = roc_curve(y, p)
     j = tpr - fpr
     best = int(np.argmax(j))
     if j[best] <= 0:
@@ -156,15 +172,18 @@ def youden_threshold(y_val, p_val) -> float:
     return float(thresholds[best])
 
 
-def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, threshold) at every distinct probability, highest threshold first: the
-    points of ``sklearn.metrics.roc_curve(y, p, drop_intermediate=False)`` but its (0, 0)."""
+def roc_curve(y_true, prob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, threshold) from (0, 0) at threshold ∞ through every distinct probability,
+    highest first: ``sklearn.metrics.roc_curve(y, p, drop_intermediate=False)``. With one class
+    only, the rates of the missing class are NaN (as sklearn's, without its warning)."""
+    y, p = check_predictions(y_true, prob)
     order = np.argsort(-p, kind="stable")
     ordered, hits = p[order], y[order]
     last = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), len(p) - 1]  # end of each value
-    tp = np.cumsum(hits)[last]
-    fp = (last + 1) - tp
-    return fp / (len(y) - hits.sum()), tp / hits.sum(), ordered[last]
+    tp = np.r_[0, np.cumsum(hits)[last]]
+    fp = np.r_[0, last + 1] - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fp / fp[-1], tp / tp[-1], np.r_[np.inf, ordered[last]]
 
 
 def expected_calibration_error(y_true, prob, n_bins: int = ECE_BINS) -> float:

@@ -122,7 +122,7 @@ def predictions_url(folder_url: str) -> str:
 def _load(url: str, published: PublishedModel) -> np.ndarray:
     """Decoded and preprocessed pixels (uint8 3×S×S) of one image, or Quarantine."""
     try:
-        data = resolve(url).read_bytes()
+        data = resolve(url).read_bytes(published.limits.max_bytes)
     except (OSError, StorageError) as exc:
         raise Quarantine(UNREADABLE, f"cannot read ({type(exc).__name__}: {exc})") from None
     return preprocess(decode(data, published.limits).rgb, published.preprocess)

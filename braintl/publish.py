@@ -106,7 +106,11 @@ def publish_model(run_url: str) -> dict[str, str]:
             "threshold_rule": "Youden's J on the fold's validation images; tumor when "
             "probability >= threshold",
             "preprocess": data_config["preprocess"],
-            "decode": {k: data_config[k] for k in ("min_side", "max_pixels")},
+            "decode": {
+                k: data_config[k]
+                for k in ("min_side", "max_pixels", "max_bytes")
+                if k in data_config
+            },
             "labels": {"1": POSITIVE_LABEL, "0": NEGATIVE_LABEL},
             "label_map": data_config.get("label_map", DEFAULT_LABEL_MAP),
             "fingerprint": data["fingerprint"],

@@ -59,8 +59,16 @@ class Location:
     def exists(self) -> bool:
         return guarded(self.url, self.fs.exists, self.path)
 
-    def read_bytes(self) -> bytes:
-        return guarded(self.url, self.fs.cat_file, self.path)
+    def read_bytes(self, limit: int | None = None) -> bytes:
+        """The whole object, or at most ``limit + 1`` bytes of it: a caller that gets more
+        than ``limit`` knows the object is over its limit without holding all of it."""
+        if limit is None:
+            return guarded(self.url, self.fs.cat_file, self.path)
+        return guarded(self.url, self._read_at_most, limit + 1)
+
+    def _read_at_most(self, size: int) -> bytes:
+        with self.fs.open(self.path, "rb") as f:
+            return f.read(size)
 
     def write_bytes(self, data: bytes) -> None:
         """Write a whole object; a local file goes through a temporary name, never half-seen."""

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from braintl.metrics import check_predictions, json_safe, weighted_auc
+from braintl.metrics import auc_placements, check_predictions, json_safe, weighted_auc
 
 # Scores the report bootstraps: the threshold-dependent ones and the AUC.
 BOOTSTRAP_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -175,19 +175,13 @@ def delong_test(y_true, prob_a, prob_b, groups=None) -> dict[str, float]:
             f"{tumor_groups} and {no_tumor_groups}"
         )
     m, n, n_groups = int(pos.sum()), int(neg.sum()), int(members.max()) + 1
-    aucs, v10, v01 = [], [], []
-    for scores in (a, b):
-        # psi[i, j] = 1 if positive i outranks negative j, 0.5 on a tie, 0 otherwise.
-        diff = scores[pos][:, None] - scores[neg][None, :]
-        psi = (diff > 0) + 0.5 * (diff == 0)
-        aucs.append(float(psi.mean()))
-        v10.append(psi.mean(axis=1))
-        v01.append(psi.mean(axis=0))
+    (v10_a, v01_a), (v10_b, v01_b) = auc_placements(y, a), auc_placements(y, b)
+    aucs = [float(v10_a.mean()), float(v10_b.mean())]
     delta = aucs[0] - aucs[1]
     # Per group: summed components of the difference, centred on their expectation.
-    tumor = np.bincount(members[pos], weights=v10[0] - v10[1], minlength=n_groups)
+    tumor = np.bincount(members[pos], weights=v10_a - v10_b, minlength=n_groups)
     tumor -= np.bincount(members[pos], minlength=n_groups) * delta
-    no_tumor = np.bincount(members[neg], weights=v01[0] - v01[1], minlength=n_groups)
+    no_tumor = np.bincount(members[neg], weights=v01_a - v01_b, minlength=n_groups)
     no_tumor -= np.bincount(members[neg], minlength=n_groups) * delta
     variance = (
         tumor_groups / (tumor_groups - 1) * (tumor @ tumor) / m**2

@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from braintl import cluster, replica, runlease
+from braintl import cluster, progress, replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
 from braintl.champion import ChampionRule
 from braintl.codeversion import code_key
@@ -477,6 +477,7 @@ def _retrain(params: RetrainParams) -> dict | State:
             continue
         name = {"imagenet": "pretrained", "none": "random-init"}.get(weights, "custom-weights")
         trials = len(pairs) * params.sweep.num_samples
+        progress.report(f"trials {name}", 0, trials)
         swept = sweep.with_options(
             task_run_name=f"sweep-{name}",
             refresh_cache=params.force,
@@ -490,6 +491,7 @@ def _retrain(params: RetrainParams) -> dict | State:
             name,
             params.ray_address,
         )
+        progress.report(f"trials {name}", len(swept["trials"]), trials)  # cached ones too
         best |= swept["best"]
         sweeps[name] = swept
         lap(f"sweep-{name}")
@@ -516,7 +518,8 @@ def _retrain(params: RetrainParams) -> dict | State:
         )
 
     futures = {submit(*job, params.force): job for job in jobs}
-    progress = create_progress_artifact(
+    progress.report("folds", 0, len(jobs))
+    artifact = create_progress_artifact(
         0.0, key="retrain-folds", description=f"cross-validation folds of run {run_id}"
     )
     records: list[dict] = []
@@ -528,7 +531,8 @@ def _retrain(params: RetrainParams) -> dict | State:
                 stale.append(job)
                 continue
             records.append(record)
-            update_progress_artifact(progress, 100 * len(records) / len(jobs))
+            update_progress_artifact(artifact, 100 * len(records) / len(jobs))
+            progress.report("folds", len(records), len(jobs))
             print(f"folds done: {len(records)}/{len(jobs)}")
         if not stale:
             break

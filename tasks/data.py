@@ -10,7 +10,7 @@ from prefect import task
 from prefect.task_engine import TaskRunTimeoutError
 from pydantic import ValidationError
 
-from braintl.commands.data import data_or_phantoms
+from braintl.data.phantoms import data_or_phantoms
 from braintl.data.prepare import DataConfig, prepare
 from braintl.data.provenance import manifest_bytes
 from braintl.errors import UserError

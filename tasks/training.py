@@ -17,7 +17,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from braintl import cluster, folds, tuning
+from braintl import cluster, folds, progress, tuning
 from braintl.storage import resolve
 from tasks.caching import COMPUTED
 from tasks.data import worth_retrying
@@ -51,12 +51,13 @@ def sweep(
     only (braintl.results.cv_plan), so fold 0's images never rank a model. Fails
     (so nothing is cached) when some pair has no trial that trained.
     """
-    progress = create_progress_artifact(
+    artifact = create_progress_artifact(
         0.0, key=f"sweep-{name}", description=f"sweep {name}: trials ended"
     )
 
     def trials_ended(ended: int, total: int) -> None:
-        update_progress_artifact(progress, 100 * ended / total)
+        update_progress_artifact(artifact, 100 * ended / total)
+        progress.report(f"trials {name}", ended, total)
 
     if cluster.uses_jobs(ray_address):
         spec = {

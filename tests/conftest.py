@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 DATA_ENV = "BRAINTL_DATA_DIR"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; .ci/run installs it
@@ -87,16 +88,10 @@ def chromium():
         browser.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible HTTP server (moto's) on 127.0.0.1, with credentials in the env."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from support import free_port, wait_until_up
 
 REPO = Path(__file__).resolve().parents[1]
 APPLY = REPO / "deployments" / "apply.py"
@@ -32,12 +33,6 @@ TINY = {
     "sweep": {"num_samples": 1},
 }
 TIMEZONE = "Europe/Berlin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prefect(*args: str, env: dict[str, str], timeout: float = 180) -> str:
@@ -60,18 +55,9 @@ def run_checked(command: list[str], env: dict[str, str], timeout: float = 180) -
     return done.stdout
 
 
-def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"prefect server not healthy in {timeout} s:\n{log.read_text()[-3000:]}")
+def _healthy(api_url: str) -> bool:
+    with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+        return response.status == 200
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -131,7 +117,7 @@ def start_prefect_server(home: Path, **settings: str):
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_healthy(api_url, server, server_log)
+        wait_until_up("prefect server", lambda: _healthy(api_url), server, server_log, 120)
         yield env
     finally:
         _stop(server)

@@ -7,16 +7,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect_services import free_port
+from support import free_port, port_open, wait_until_up
 
 RAY = str(Path(sys.executable).with_name("ray"))
 OBJECT_STORE = str(100 * 1024**2)  # Ray's minimum is 75 MiB; the default takes 30% of memory
@@ -91,33 +89,16 @@ def _start(args: list[str], env: dict, log: Path) -> Node:
     return Node(process, temp_dir, log)
 
 
-def _wait_for_port(port: int, node: Node, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node.process.poll() is not None:
-            raise RuntimeError(f"ray start exited:\n{node.log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"Ray node not up in {timeout} s:\n{node.log.read_text()[-3000:]}")
-
-
-def _wait_for_nodes(cluster: Cluster, count: int, env: dict, timeout: float = 180) -> None:
+def _alive(cluster: Cluster, count: int, env: dict) -> bool:
+    """``count`` nodes are alive by the state API (read in a child carrying the token)."""
     code = (
         "import sys; from ray.util.state import list_nodes\n"
         "print(sum(n.state == 'ALIVE' for n in list_nodes(address=sys.argv[1])))"
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = subprocess.run(
-            [sys.executable, "-c", code, cluster.dashboard], env=env, capture_output=True, text=True
-        )
-        if done.returncode == 0 and int(done.stdout.split()[-1]) >= count:
-            return
-        time.sleep(2)
-    raise RuntimeError(f"{count} Ray nodes not alive in {timeout} s")
+    done = subprocess.run(
+        [sys.executable, "-c", code, cluster.dashboard], env=env, capture_output=True, text=True
+    )
+    return done.returncode == 0 and int(done.stdout.split()[-1]) >= count
 
 
 def stop(node: Node) -> None:
@@ -145,11 +126,14 @@ def ray_cluster(logs: Path, env: dict, workers: list[list[str]]):
     )
     cluster = Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", head)
     try:
-        _wait_for_port(dashboard, head)
+        wait_until_up("Ray head", lambda: port_open(dashboard), head.process, head.log, 180)
         for i, resources in enumerate(workers):
             args = [f"--address={cluster.address}", *resources, f'--resources={{"{marker(i)}": 1}}']
             cluster.workers.append(_start(args, env, logs / f"worker-{i}.log"))
-        _wait_for_nodes(cluster, 1 + len(workers), env)
+        nodes = 1 + len(workers)
+        wait_until_up(
+            "Ray workers", lambda: _alive(cluster, nodes, env), head.process, head.log, 180
+        )
         yield cluster
     finally:
         for node in [*cluster.workers, head]:

@@ -12,6 +12,7 @@ import pytest
 import ray
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from support import TWO_MODELS, small_params
 from temporary_prefect import temporary_prefect
 
 from braintl.data.phantoms import write_phantom_dataset
@@ -48,26 +49,15 @@ def report_runs(tmp_path_factory: pytest.TempPathFactory) -> ReportRuns:
 def _run_both(root: Path) -> ReportRuns:
     data = root / "data"
     write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=48, seed=0)
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     records, links = {}, {}
     ray.shutdown()
     try:
         with temporary_prefect(root / "prefect"):
             for protocol in ("groups", "paper"):
-                params = RetrainParams(
-                    profile="quick",
-                    protocol=protocol,
-                    data_url=str(data),
-                    out_url=str(root / "out"),
-                    backbones=["scratch_cnn", "mobilenet_v2"],
-                    strategies=["frozen"],
-                    image_size=32,
-                    epochs=2,
-                    folds=3,
-                    test_fraction=0.25,
-                    augment=True,
-                    sweep={"num_samples": 1},
+                params = small_params(
+                    data, root / "out", protocol=protocol, augment=True, **TWO_MODELS
                 )
                 state = retrain(params, return_state=True)
                 assert state.is_completed(), state.message

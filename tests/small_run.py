@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import small_params
 from temporary_prefect import run_retrain
 
 from braintl.data.phantoms import write_phantom_dataset
@@ -30,20 +31,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
     root = tmp_path_factory.mktemp("small-run")
     data = root / "data"
     write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=48, seed=0)
-    from flows.retrain import RetrainParams
-
-    params = RetrainParams(
-        profile="quick",
-        data_url=str(data),
-        out_url=str(root / "out"),
-        backbones=["scratch_cnn"],
-        image_size=32,
-        epochs=2,
-        folds=3,
-        test_fraction=0.25,
-        sweep={"num_samples": 1},
-    )
-    state = run_retrain(params, root / "prefect")
+    state = run_retrain(small_params(data, root / "out"), root / "prefect")
     assert state.is_completed(), state.message
     _done.append(SmallRun(data, root / "out", state.result()))
     return _done[0]

@@ -3,7 +3,9 @@ defaults, --version, and exit codes (0 done, 1 a failed run, 2 a usage or input 
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from braintl import progress
 from braintl.cli import build_parser, main
-from braintl.commands.run import params_from_args
+from braintl.commands.progress import ProgressDisplay, drawable
+from braintl.commands.run import params_from_args, prefect_console
 from braintl.data.phantoms import write_phantom_dataset
 from flows.retrain import RetrainParams
 
@@ -81,6 +85,40 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"braintl {__version__}"
 
 
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+def test_progress_display_draws_what_the_flow_reports(terminal):
+    stream = io.StringIO()
+    assert not drawable(stream)  # no terminal behind it: plain lines unless told otherwise
+    display = ProgressDisplay(stream, terminal)
+    with progress.listening(display):
+        for done in (0, 1, 1, 2):  # a repeated report (the sweep's last, then the flow's) once
+            progress.report("trials random-init", done, 2)
+        progress.report("folds", 0, 4)
+    progress.report("folds", 1, 4)  # nobody listens any more: no effect, no error
+    display.close()
+    text = stream.getvalue()
+    if terminal:
+        assert "\r" in text and "trials random-init: 2/2" in text and "folds: 0/4" in text
+    else:
+        lines = [line.split("] ", 1)[1] for line in text.splitlines()]
+        assert lines == [f"trials random-init: {n}/2" for n in range(3)] + ["folds: 0/4"]
+        assert "\r" not in text and "\x1b" not in text
+
+
+def test_prefect_info_lines_leave_the_terminal_unless_verbose():
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    console = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    assert console, "Prefect's console handler is not set up"
+    before = [h.level for h in console]
+    with prefect_console(verbose=False):
+        quiet = [max(level, logging.WARNING) for level in before]
+        assert [h.level for h in console] == quiet
+    with prefect_console(verbose=True):
+        assert [h.level for h in console] == before
+    assert [h.level for h in console] == before  # restored for whatever runs next
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_a_failed_run_exits_1_and_says_why(tmp_path, capsys):
     data = write_phantom_dataset(str(tmp_path / "scans"), {"yes": 6}, size=64)  # one label only
@@ -93,7 +131,9 @@ def test_a_failed_run_exits_1_and_says_why(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_first_run_is_quiet_and_ends_with_the_report(tmp_path):
     """A new user's first command, in a fresh process with Prefect's temporary server and a
-    local Ray: no traceback, no ERROR line, no Ray notice to worry about, the report last."""
+    local Ray: no traceback, no ERROR line, no Ray notice to worry about, the report last.
+    Its output is a pipe here, as in CI: the progress display gives plain lines for Prefect's
+    INFO lines (back with -v), and no carriage returns or escape codes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_"))}
     options = ["--backbones", "scratch_cnn", "--image-size", "32", "--epochs", "1"]
     options += ["--folds", "3", "--num-samples", "1"]
@@ -109,6 +149,10 @@ def test_a_first_run_is_quiet_and_ends_with_the_report(tmp_path):
     assert done.returncode == 0, output[-4000:]
     for alarming in ("Traceback", "| ERROR", "Token authentication is enabled"):
         assert alarming not in output, output[-4000:]
+    assert "| INFO    | Task run" not in output and "\r" not in output and "\x1b" not in output
+    shown = [line.split("] ", 1)[1] for line in done.stderr.splitlines() if line.startswith("[")]
+    assert shown[0] == "trials random-init: 0/1" and "trials random-init: 1/1" in shown
+    assert shown[-1] == "folds: 2/2", done.stderr[-4000:]
     first, last = done.stdout.splitlines()[0], done.stdout.strip().splitlines()[-1]
     assert first.startswith("braintl run: synthetic phantoms → braintl-runs, profile quick")
     report = last.removeprefix("report: ")

@@ -34,7 +34,7 @@ from braintl.models import create_model, list_models
 from braintl.models.calibrate import calibrate_batchnorm
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
-from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
+from braintl.training.inference import EVAL_BATCH_SIZE, predict_logits
 
 PRETRAINED = ("mobilenet_v2", "vgg16", "resnet50", "xception")
 FEATURES_LOG = "braintl.training.features"

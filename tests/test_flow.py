@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import (
 from prefect.task_engine import TaskRunTimeoutError
 from pydantic import ValidationError
 from ray.exceptions import WorkerCrashedError
+from support import TWO_MODELS, small_params
 
 from braintl import folds
 from braintl.cli import build_parser
@@ -65,17 +66,7 @@ def test_retrain_flow_end_to_end(prefect_server, fresh_ray, s3_bucket, tmp_path,
     challenges the champion."""
     data = tmp_path / "data"
     write_phantom_dataset(str(data), n_per_label={"yes": 16, "no": 16}, size=32, seed=0)
-    params = RetrainParams(
-        data_url=str(data),
-        out_url=s3_bucket,
-        backbones=["scratch_cnn", "mobilenet_v2"],
-        strategies=["frozen"],
-        image_size=32,
-        epochs=2,
-        folds=3,
-        test_fraction=0.25,
-        sweep={"num_samples": 1},
-    )
+    params = small_params(data, s3_bucket, **TWO_MODELS)
     latest = resolve(s3_bucket).join("latest.json")
 
     real = folds.train_fold_on_ray

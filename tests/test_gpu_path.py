@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import REPO, run_python
 
 from braintl.data.tensors import NODE_CACHE_ENV, TensorSet
 from braintl.storage import resolve
@@ -19,7 +20,6 @@ from braintl.training import TrainConfig, train
 from braintl.training import device as device_mod
 from braintl.training.device import BatchSource, first_epoch_overhead, fits_on_device
 
-REPO = Path(__file__).resolve().parents[1]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
 TINY = {"epochs": 1, "batch_size": 8, "seed": 0, "num_threads": 1}
 
@@ -169,13 +169,10 @@ def test_gpu_check_tiny_on_cpu(real_data, tmp_path):
     """The GPU script end to end at a tiny size: throughput of every backbone in both modes,
     then every family × strategy × fold on the real scans, JSON and table written."""
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--tiny", "--data", str(real_data)]
+    proc = run_python(
+        ["benchmarks/gpu_check.py", "--tiny", "--data", str(real_data)]
         + ["--out", str(out), "--workers", "1"],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

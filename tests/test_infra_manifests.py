@@ -1,5 +1,7 @@
 """The infrastructure files, parsed: images pinned, GPUs requested where training runs, work-pool
-variables referenced by their job templates, and secrets only ever referenced, never written."""
+variables referenced by their job templates, secrets only ever referenced, never written, and the
+hardening of issue 17 in every manifest: authentication on by default, ports on 127.0.0.1 unless
+opted in, placeholder secrets refused, least-privilege pods and network policies."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 POOLS = REPO / "deployments" / "work-pools"
-SECRET_KEY = re.compile(r"(password|secret|token|access_key)", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(password|secret|token|access_key|auth_string)", re.IGNORECASE)
 REFERENCE = re.compile(r"^\$\{[A-Z_]+(:?[-?][^}]*)?\}$")  # compose: ${VAR}, ${VAR:-x}, ${VAR:?x}
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.$-]+)\s*\}\}")
 
@@ -71,23 +73,35 @@ def _secret_values(node, path="") -> list[str]:
 
 
 MANIFESTS = sorted(INFRA.glob("k8s/*.yaml")) + [INFRA / "docker-compose.yml"]
+SECRETS = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "RAY_AUTH_TOKEN"]
+SECRETS += ["PREFECT_AUTH_STRING"]
+FLOW_ROLE = {"braintl.io/role": "flow"}
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_images_are_pinned_and_no_secret_is_written(path):
     docs = _yaml_docs(path)
     images = _images(docs)
-    assert images, f"{path.name} names no image"
+    assert images or path.name == "security.yaml", f"{path.name} names no image"
     assert [i for i in images if not _pinned(i)] == []
     assert _secret_values(docs) == []
 
 
-def test_dockerfile_builds_on_a_pinned_cuda_image():
+def test_dockerfile_builds_on_a_pinned_cuda_image_with_the_constraints():
+    """No digest of the base could be looked up offline: the tag is the default of an ARG that
+    takes ``tag@sha256:...`` at build time (the comment says how), never an unpinned tag."""
     text = (INFRA / "Dockerfile").read_text()
     (base,) = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
-    assert base.startswith("nvidia/cuda:") and _pinned(base)
+    (default,) = re.findall(r"^ARG CUDA_BASE=(\S+)", text, re.MULTILINE)
+    assert base == "${CUDA_BASE}" and default.startswith("nvidia/cuda:") and _pinned(default)
+    assert "imagetools inspect" in text and "CUDA_BASE=nvidia/cuda:" in text
     assert "ENV" in text and "BRAINTL_HOME=/opt/braintl" in text
     assert "download.pytorch.org/whl/cu" in text
+    installs = re.findall(r"pip install[^\n]*", text)
+    assert len(installs) == 2 and all("-c constraints.txt" in line for line in installs)
+    assert text.index("COPY constraints.txt") < text.index("pip install")
+    (user,) = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert user.isdigit() and int(user) > 0  # numeric: Kubernetes can verify runAsNonRoot
 
 
 def test_compose_connects_the_services_and_gives_the_gpu_to_ray():
@@ -114,7 +128,8 @@ def test_compose_credentials_come_from_an_uncommitted_env_file():
         if line and not line.startswith("#")
     )
     assert used <= set(example), f"not in .env.example: {used - set(example)}"
-    assert all("change-me" in v for k, v in example.items() if SECRET_KEY.search(k))
+    assert set(example.values()) == {""}, "the example holds values: a verbatim copy would run"
+    assert set(SECRETS) <= set(example) and "BRAINTL_BIND_ADDRESS" in example
     assert ".env" in (INFRA / ".gitignore").read_text().split()
     tracked = subprocess.run(
         ["git", "ls-files", "infra/.env"], cwd=REPO, capture_output=True, text=True, check=True
@@ -134,7 +149,6 @@ def test_raycluster_head_has_no_gpu_and_the_gpu_group_autoscales():
     assert 0 <= gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
     for container in head["template"]["spec"]["containers"] + gpu["template"]["spec"]["containers"]:
         assert container["envFrom"] == [{"secretRef": {"name": "braintl-env"}}]
-        assert "env" not in container
     (worker,) = gpu["template"]["spec"]["containers"]
     assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) >= 1
 
@@ -191,3 +205,247 @@ def test_prefect_yaml_declares_the_deployments():
     assert cluster["ray_address"] and cluster["sweep"]["gpus_per_trial"] > 0
     assert deployments["predict-folder"]["entrypoint"] == "flows/predict.py:predict"
     assert _secret_values(config) == []
+
+
+# Hardening (issue 17, item 1) ------------------------------------------------------------------
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _assert_least_privilege(pod: dict, where: str) -> None:
+    """Non-root, no capabilities, no privilege escalation, read-only root with /tmp writable."""
+    assert pod["securityContext"]["runAsNonRoot"] is True, where
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+    tmp = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, where
+        assert context["capabilities"] == {"drop": ["ALL"]}, where
+        assert context["readOnlyRootFilesystem"] is True, where
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts.get("/tmp") in tmp, f"{where}: /tmp is not an emptyDir"
+        assert container["resources"]["limits"]["memory"], where
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
+def _policies() -> dict:
+    docs = _yaml_docs(INFRA / "k8s" / "security.yaml")
+    return {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+
+
+def _allowed(policy: dict, labels: dict) -> set:
+    """Ports (None: all) that pods with ``labels`` may reach under one NetworkPolicy."""
+    ports: set = set()
+    for rule in policy["ingress"]:
+        if any(_matches(peer["podSelector"]["matchLabels"], labels) for peer in rule["from"]):
+            ports |= {p["port"] for p in rule.get("ports", [])} or {None}
+    return ports
+
+
+def test_compose_publishes_ports_on_localhost_unless_the_operator_opts_in():
+    services = _compose()["services"]
+    published = {name: s["ports"] for name, s in services.items() if "ports" in s}
+    assert set(published) == {"prefect-server", "s3", "ray-head"}  # PostgreSQL never
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("${BRAINTL_BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
+    assert "BRAINTL_BIND_ADDRESS" in (INFRA / ".env.example").read_text()
+
+
+def test_compose_authenticates_prefect_s3_and_ray():
+    services = _compose()["services"]
+    server = services["prefect-server"]["environment"]
+    assert server["PREFECT_SERVER_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
+    worker = services["prefect-worker"]["environment"]
+    assert worker["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
+    for name in ("ray-head", "ray-gpu-worker", "prefect-worker"):
+        env = services[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH")
+    s3 = services["s3"]
+    image, version = s3["image"].split(":")
+    assert image == "chrislusf/seaweedfs" and tuple(map(int, version.split("."))) >= (4, 0)
+    script = " ".join(s3["command"])
+    assert "-s3.config=/tmp/s3.json" in script and '"identities"' in script
+    assert "umask 077" in script  # the identity file is readable by its owner only
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(s3["environment"])
+
+
+def test_compose_refuses_empty_secrets_and_starts_nothing_before_the_check():
+    services = _compose()["services"]
+    text = (INFRA / "docker-compose.yml").read_text()
+    check = services.pop("check-secrets")
+    assert set(check["environment"]) == set(SECRETS)
+    for name, service in services.items():  # every other reference fails on an empty value
+        for value in json.dumps(service).split('"'):
+            for secret in SECRETS:
+                if "${" + secret in value:
+                    assert "${" + secret + ":?" in value, f"{name}: {value}"
+    assert "${AWS_SECRET_ACCESS_KEY:?" in text
+
+    def waits_for_check(name: str, seen=()) -> bool:
+        depends = services[name].get("depends_on", {})
+        if "check-secrets" in depends:
+            return depends["check-secrets"] == {"condition": "service_completed_successfully"}
+        return bool(depends) and all(waits_for_check(d, (*seen, name)) for d in depends)
+
+    assert [name for name in services if not waits_for_check(name)] == []
+
+
+GOOD = {name: "k" + "0123456789abcdef" * 2 for name in SECRETS} | {
+    "PREFECT_AUTH_STRING": "admin:0123456789abcdef0123"
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        ("RAY_AUTH_TOKEN", "", "is empty"),
+        ("AWS_SECRET_ACCESS_KEY", "change-me-too", "placeholder"),
+        ("RAY_AUTH_TOKEN", "change-me-to-a-long-random-token", "placeholder"),
+        ("POSTGRES_PASSWORD", "CHANGEME0123456789", "placeholder"),
+        ("PREFECT_AUTH_STRING", "admin:password123", "placeholder"),
+        ("AWS_ACCESS_KEY_ID", "short", "under 16"),
+        ("POSTGRES_PASSWORD", "0123456789abcdef@host", "characters outside"),
+    ],
+)
+def test_start_up_check_refuses_empty_short_and_placeholder_secrets(name, value, why):
+    script = INFRA / "check-secrets.sh"
+    env = {"PATH": "/usr/bin:/bin"}
+    ok = subprocess.run(["sh", str(script)], env=env | GOOD, capture_output=True, text=True)
+    assert (ok.returncode, ok.stderr) == (0, "")
+    bad = subprocess.run(
+        ["sh", str(script)], env=env | GOOD | {name: value}, capture_output=True, text=True
+    )
+    assert bad.returncode == 1
+    assert f"refusing to start: {name} " in bad.stderr and why in bad.stderr
+    assert "openssl rand" in bad.stderr
+
+
+def test_helm_values_turn_on_basic_auth_and_least_privilege():
+    (server,) = _yaml_docs(INFRA / "k8s" / "prefect-server-values.yaml")
+    (worker,) = _yaml_docs(INFRA / "k8s" / "prefect-worker-values.yaml")
+    assert server["server"]["basicAuth"] == {"enabled": True, "existingSecret": "prefect-auth"}
+    assert worker["worker"]["basicAuth"] == server["server"]["basicAuth"]
+    assert server["service"]["type"] == "ClusterIP"
+    for where, values in [
+        ("server", server["server"]),
+        ("worker", worker["worker"]),
+        ("postgresql", server["postgresql"]["primary"]),
+    ]:
+        assert values["podSecurityContext"]["runAsNonRoot"] is True, where
+        context = values["containerSecurityContext"]
+        assert context["runAsNonRoot"] and context["readOnlyRootFilesystem"], where
+        assert context["allowPrivilegeEscalation"] is False, where
+        assert context["capabilities"] == {"drop": ["ALL"]}, where
+        assert values["resources"]["limits"]["memory"], where
+
+
+def test_flow_pods_run_least_privileged_under_their_own_service_account():
+    template = json.loads((POOLS / "kubernetes.json").read_text())
+    pod_template = template["job_configuration"]["job_manifest"]["spec"]["template"]
+    pod = pod_template["spec"]
+    assert pod["serviceAccountName"] == "braintl-flow"
+    assert pod["automountServiceAccountToken"] is False
+    assert "service_account_name" not in template["variables"]["properties"]  # not caller-set
+    _assert_least_privilege(pod, "flow pod")
+    defaults = template["variables"]["properties"]
+    assert all(defaults[k].get("default") for k in ("cpu_limit", "memory_limit", "memory_request"))
+    assert pod_template["metadata"]["labels"] == FLOW_ROLE
+    (account,) = [
+        d for d in _yaml_docs(INFRA / "k8s" / "security.yaml") if d["kind"] == "ServiceAccount"
+    ]
+    assert account["metadata"]["name"] == "braintl-flow"
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_ray_nodes_enable_token_auth_themselves_and_run_least_privileged():
+    (cluster,) = _yaml_docs(INFRA / "k8s" / "raycluster.yaml")
+    spec = cluster["spec"]
+    pods = {"head": spec["headGroupSpec"]["template"]["spec"]}
+    pods |= {g["groupName"]: g["template"]["spec"] for g in spec["workerGroupSpecs"]}
+    for group, pod in pods.items():
+        _assert_least_privilege(pod, f"ray {group}")
+        for container in pod["containers"]:
+            env = _env(container)
+            assert env["RAY_AUTH_MODE"] == "token", group
+            ref = {"secretKeyRef": {"name": "braintl-env", "key": "RAY_AUTH_TOKEN"}}
+            assert env["RAY_AUTH_TOKEN"] == ref, group
+        if group != "head":  # the head keeps the account KubeRay's autoscaler needs
+            assert pod["automountServiceAccountToken"] is False
+
+
+def test_limit_range_gives_every_container_default_limits():
+    (limits,) = [
+        d for d in _yaml_docs(INFRA / "k8s" / "security.yaml") if d["kind"] == "LimitRange"
+    ]
+    (container,) = [item for item in limits["spec"]["limits"] if item["type"] == "Container"]
+    assert container["default"]["memory"] and container["default"]["cpu"]
+    assert container["defaultRequest"]["memory"] and container["defaultRequest"]["cpu"]
+
+
+def test_network_policies_let_only_the_worker_and_flows_reach_prefect_and_flows_and_ray_the_head():
+    policies = _policies()
+    (cluster,) = _yaml_docs(INFRA / "k8s" / "raycluster.yaml")
+    ray = {"ray.io/cluster": cluster["metadata"]["name"]}
+    worker = {"app.kubernetes.io/name": "prefect-worker"}
+    head = ray | {"ray.io/node-type": "head"}
+    server = {"app.kubernetes.io/name": "prefect-server"}
+    outsider = {"app": "anything-else"}
+
+    def reach(target: dict, source: dict) -> set:
+        guarding = [
+            p for p in policies.values() if _matches(p["podSelector"]["matchLabels"], target)
+        ]
+        assert guarding, f"no policy selects {target}: every pod may reach it"
+        return set().union(*(_allowed(p, source) for p in guarding))
+
+    assert reach(server, worker) == {4200} and reach(server, FLOW_ROLE) == {4200}
+    assert reach(server, outsider) == set() and reach(server, ray) == set()
+    assert reach(head, FLOW_ROLE) == {8265} and reach(head, ray | {"ray.io/node-type": "worker"})
+    assert reach(head, outsider) == set() and reach(head, worker) == set()
+    assert reach(ray | {"ray.io/node-type": "worker"}, FLOW_ROLE) == set()
+    assert reach({"app.kubernetes.io/name": "postgresql"}, server) == {5432}
+    assert reach({"app.kubernetes.io/name": "postgresql"}, FLOW_ROLE) == set()
+    assert reach(FLOW_ROLE, outsider) == set()
+
+
+def test_docker_pool_fixes_privileged_and_volumes_and_limits_memory():
+    template = json.loads((POOLS / "docker.json").read_text())
+    config, variables = template["job_configuration"], template["variables"]["properties"]
+    assert config["privileged"] is False and config["volumes"] == []
+    assert not {"privileged", "volumes"} & set(variables)  # no deployment can set them
+    assert config["mem_limit"] == "{{ mem_limit }}" and variables["mem_limit"]["default"]
+    assert variables["memswap_limit"]["default"] == variables["mem_limit"]["default"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "fixed"),
+    [
+        (
+            "docker",
+            {"privileged": True, "volumes": ["/:/host"]},
+            {"privileged": False, "volumes": []},
+        ),
+        ("kubernetes", {"service_account_name": "prefect-worker"}, {}),
+    ],
+)
+def test_job_variables_a_deployment_sets_cannot_undo_the_fixed_settings(kind, overrides, fixed):
+    """Prefect renders a job from the template's placeholders only: fixed values stay fixed."""
+    from prefect.utilities.templating import apply_values
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads((POOLS / f"{kind}.json").read_text())
+    defaults = BaseJobConfiguration._get_base_config_defaults(template["variables"]["properties"])
+    job = apply_values(template["job_configuration"], defaults | overrides)
+    assert {key: job[key] for key in fixed} == fixed
+    if kind == "docker":
+        assert job["mem_limit"] == "32g"
+    else:
+        pod = job["job_manifest"]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "braintl-flow"
+        assert pod["containers"][0]["resources"]["limits"]["memory"] == "32Gi"

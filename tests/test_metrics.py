@@ -6,10 +6,11 @@ import pytest
 from sklearn import metrics as skm
 
 from braintl.metrics import (
+    auc_placements,
     evaluate,
     evaluate_at_thresholds,
     expected_calibration_error,
-    roc_points,
+    roc_curve,
     weighted_auc,
     youden_threshold,
 )
@@ -68,17 +69,42 @@ def test_weighted_auc_is_sklearns_on_the_repeated_images():
     assert math.isnan(one_class[0]) and one_class[1] == 0.0
 
 
-def test_roc_points_are_sklearns_without_its_origin():
+def _scores_with_ties(rng: np.random.Generator, trial: int, n_max: int):
+    """Labels of both classes and probabilities, every other draw from a few levels (ties)."""
+    n = int(rng.integers(2, n_max))
+    y = rng.integers(0, 2, n)
+    y[:2] = (0, 1)
+    return y, rng.choice(rng.random(int(rng.integers(1, 5))), n) if trial % 2 else rng.random(n)
+
+
+def test_roc_curve_is_sklearns():
     rng = np.random.default_rng(2)
     for trial in range(200):
-        n = int(rng.integers(2, 60))
-        y = rng.integers(0, 2, n)
-        y[:2] = (0, 1)
-        p = rng.choice(rng.random(4), n) if trial % 2 else rng.random(n)
-        fpr, tpr, thresholds = roc_points(y, p)
+        y, p = _scores_with_ties(rng, trial, 60)
+        got = roc_curve(y, p)
         want = skm.roc_curve(y, p, drop_intermediate=False)
-        for got, expected in zip((fpr, tpr, thresholds), want, strict=True):
-            np.testing.assert_allclose(got, expected[1:], rtol=0, atol=1e-12)
+        for ours, theirs in zip(got, want, strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    # One class: the rate of the missing class is undefined, as in sklearn (which warns).
+    fpr, tpr, _ = roc_curve([1, 1, 1], [0.2, 0.5, 0.5])
+    assert np.isnan(fpr).all() and tpr.tolist() == [0.0, 2 / 3, 1.0]
+
+
+def test_placements_are_the_pairwise_comparisons_and_their_mean_sklearns_auc():
+    """DeLong's components by rank equal the N×M table of pairs they replace."""
+    rng = np.random.default_rng(4)
+    for trial in range(100):
+        y, p = _scores_with_ties(rng, trial, 50)
+        tumor, no_tumor = auc_placements(y, p)
+        diff = p[y == 1][:, None] - p[y == 0][None, :]
+        psi = (diff > 0) + 0.5 * (diff == 0)
+        np.testing.assert_allclose(tumor, psi.mean(axis=1), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(no_tumor, psi.mean(axis=0), rtol=0, atol=1e-12)
+        assert tumor.mean() == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+        assert no_tumor.mean() == pytest.approx(tumor.mean(), abs=1e-12)
+    # All tied: every pair counts one half.
+    tumor, no_tumor = auc_placements(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.5]))
+    assert tumor.tolist() == [0.5, 0.5] and no_tumor.tolist() == [0.5]
 
 
 def test_hand_computed_example():

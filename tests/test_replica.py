@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support import TWO_MODELS, small_params
 from temporary_prefect import run_retrain
 
 from braintl.caveats import RANDOM_INIT_WARNING
@@ -83,16 +84,8 @@ def test_a_seed_run_trains_the_fixed_configurations_without_a_sweep(tmp_path, ca
     from braintl.data.phantoms import write_phantom_dataset
 
     data = write_phantom_dataset(str(tmp_path / "data"), {"yes": 12, "no": 12}, size=48)
-    params = RetrainParams(
-        data_url=data,
-        out_url=str(tmp_path / "out"),
-        tuning="seed",
-        backbones=["scratch_cnn", "mobilenet_v2"],
-        strategies=["frozen"],
-        image_size=32,
-        epochs=1,
-        folds=2,
-        test_fraction=0.25,
+    params = small_params(
+        data, tmp_path / "out", tuning="seed", epochs=1, folds=2, sweep={}, **TWO_MODELS
     )
     state = run_retrain(params, tmp_path / "prefect")
     assert state.is_completed(), state.message

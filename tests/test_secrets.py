@@ -26,10 +26,11 @@ from prefect.settings import (
     temporary_settings,
 )
 from prefect.testing.utilities import prefect_test_harness
+from support import small_params
 
 from braintl.data.phantoms import write_phantom_dataset
 from braintl.storage import resolve
-from flows.retrain import RetrainParams, retrain
+from flows.retrain import retrain
 
 ACCESS_KEY = "AKIAFAKESECRET1234"
 SECRET_KEY = "fakeSecretValue-9f8e7d"
@@ -102,16 +103,7 @@ def test_fake_credentials_appear_nowhere(
     write_phantom_dataset(str(data), n_per_label={"yes": 12, "no": 12}, size=32, seed=0)
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.put(str(data), f"{s3_bucket}/scans", recursive=True)
-    params = RetrainParams(
-        data_url=f"{s3_bucket}/scans",
-        out_url=f"{s3_bucket}/braintl",
-        backbones=["scratch_cnn"],
-        image_size=32,
-        epochs=1,
-        folds=3,
-        test_fraction=0.25,
-        sweep={"num_samples": 1},
-    )
+    params = small_params(f"{s3_bucket}/scans", f"{s3_bucket}/braintl", epochs=1)
     # INFO, the level runs log at (PREFECT_LOGGING_LEVEL). At DEBUG botocore prints each signed
     # request's Authorization header, which names the access key ID (never the secret key).
     caplog.set_level(logging.INFO)

@@ -21,7 +21,7 @@ from braintl.training import (
     predict_proba,
     train,
 )
-from braintl.training.evaluate import predict_logits
+from braintl.training.inference import predict_logits
 
 
 def blob_tensors(n=96, size=32, seed=0, noise_labels=False) -> TensorSet:
@@ -195,7 +195,7 @@ def test_progressive_moves_on_while_validation_auc_improves(blobs, scripted_auc)
     model = result.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert model.plan.stage == 3 and trainable == model.plan.trainable
-    assert model.plan.blocks == model.spec.block_names()[-3:]
+    assert model.plan.blocks == tuple(block.name for block in model.spec.blocks[-3:])
 
 
 def test_snapshots_leave_frozen_blocks_out_and_restore_late_opened_ones(
@@ -236,7 +236,7 @@ def test_warmup_trains_the_head_alone_then_opens_the_last_block(blobs, scripted_
     assert [r["strategy"] for r in full.history] == ["frozen", "frozen", "finetune", "finetune"]
     torch.manual_seed(config.seed)
     start = create_model("mobilenet_v2", head="gap", image_size=blobs.images.shape[-1])
-    last = full.model.spec.last_block
+    last = full.model.spec.blocks[-1]
     changed = {
         key
         for key, value in full.model.state_dict().items()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TextIO
 
 from pydantic import ValidationError
 
@@ -14,12 +13,11 @@ from braintl.data.decode import DecodeLimits
 from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
 from braintl.data.listing import list_images
 from braintl.data.manifest import scan
-from braintl.data.phantoms import write_phantom_dataset
+from braintl.data.phantoms import data_or_phantoms
 from braintl.data.prepare import DataConfig, build_tensors, part_sizes, prepare, scan_data
 from braintl.data.signature import COPY_DISTANCE
 from braintl.data.splits import PROTOCOLS, leakage, members
 from braintl.errors import UserError
-from braintl.storage import resolve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +64,12 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-side", type=int, default=32, help="px; smaller images are quarantined")
     p.add_argument(
         "--max-pixels", type=int, default=64_000_000, help="larger images are quarantined"
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=DecodeLimits.max_bytes,
+        help="bytes a file; larger files are quarantined unread",
     )
     p.add_argument("--max-images", type=int, default=100_000, help="more files fail at once")
     p.add_argument(
@@ -121,6 +125,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
         "label_map": parse_label_map(args.label_map),
         "min_side": args.min_side,
         "max_pixels": args.max_pixels,
+        "max_bytes": args.max_bytes,
         "near_distance": args.near_distance,
         "copy_distance": args.copy_distance,
         "group_by": args.group_by,
@@ -145,26 +150,15 @@ def _explain(exc: ValidationError) -> str:
     return f"bad parameter value: {problems}"
 
 
-def data_or_phantoms(data_url: str | None, out_url: str, log: TextIO) -> str:
-    """The data URL given, or else seeded synthetic phantoms written once under OUT_URL."""
-    if data_url is not None:
-        return data_url
-    phantoms = resolve(out_url).join("phantoms")
-    if not phantoms.is_complete():
-        write_phantom_dataset(phantoms.url, seed=0)
-        phantoms.mark_complete({"seed": 0})
-    print(f"no data URL given: using synthetic phantoms in {phantoms.url}", file=log)
-    return phantoms.url
-
-
 def run_inspect(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     manifest = scan(
-        list_images(args.data_url, config.label_map),
-        DecodeLimits(config.min_side, config.max_pixels),
+        list_images(args.data_url, config.label_map, config.max_images),
+        config.decode_limits(),
         config.near_distance,
         config.copy_distance,
         provenance=config.provenance(),
+        memory_budget_gb=config.memory_budget_gb,
     )
     summary = manifest.summary()
     if args.json:

@@ -4,7 +4,8 @@ With no arguments it runs on synthetic phantoms into ``./braintl-runs`` with eph
 local Ray and the ``quick`` profile. ``--params`` takes the whole form (``RetrainParams``, what
 the Prefect UI shows) as a JSON file or text; flags override single fields of it. Exit codes:
 0 a completed run, 1 a run that failed, 2 a usage or input error. Prefect is imported only
-inside the handler.
+inside the handler. While the flow runs, a progress display (trials and folds done, elapsed)
+stands for Prefect's log lines, which ``-v`` brings back.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import argparse
 import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from braintl import progress
 from braintl.commands.output import DATA_HELP, OUT_HELP, default_data, default_out, print_json
+from braintl.commands.progress import ProgressDisplay
 from braintl.errors import UserError
 from braintl.storage import resolve
 
@@ -70,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag, field, kind in FIELD_FLAGS:
         p.add_argument(flag, type=kind, dest=field, metavar=kind.__name__.upper())
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Prefect's own log lines (task states, the flow's messages) beside the progress",
+    )
     p.set_defaults(handler=run_flow)
 
 
@@ -126,6 +137,9 @@ def start_ephemeral_prefect() -> threading.Thread | None:
     """Start Prefect's ephemeral server in the background; None with a server configured.
     ``braintl run`` calls it before importing anything heavy, so the server's ~7 s start
     overlaps the ~7 s of importing torch, Ray and the flow. Once per process."""
+    # Prefect reads its settings once, at import: its 20 s start-up limit is too short for a
+    # busy machine (the server then fails the run), so give the throwaway server two minutes.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
@@ -134,7 +148,9 @@ def start_ephemeral_prefect() -> threading.Thread | None:
 
     # The temporary server's telemetry heartbeat fails offline and logs a traceback ("database
     # is locked") into a successful run's output; a throwaway server has nothing to report.
+    # The same goes for the client's telemetry and its first-run notice on a terminal.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
 
     def start() -> None:
         with contextlib.suppress(Exception):  # the flow call starts it again and reports why
@@ -143,6 +159,24 @@ def start_ephemeral_prefect() -> threading.Thread | None:
     thread = threading.Thread(target=start, daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def prefect_console(verbose: bool) -> Iterator[None]:
+    """Prefect's INFO lines off the terminal unless ``verbose``: the progress display stands
+    for them. Warnings and errors stay; the Prefect server (its UI) still gets every line."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    levels = [h.level for h in handlers]
+    if not verbose:
+        for handler in handlers:
+            handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -167,7 +201,9 @@ def run_flow(args: argparse.Namespace) -> int:
         models = f"{len(params.pairs())} models × {params.folds} folds"
         print(f"braintl run: {data} → {params.out_url}, profile {params.profile}, {models}")
     start = time.perf_counter()
-    state = retrain(params, return_state=True)
+    display = ProgressDisplay(sys.stderr)
+    with prefect_console(args.verbose), progress.listening(display), contextlib.closing(display):
+        state = retrain(params, return_state=True)
     seconds = time.perf_counter() - start
     if not state.is_completed():
         print(f"braintl: the retrain flow ended {state.name}: {state.message}", file=sys.stderr)

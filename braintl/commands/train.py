@@ -15,7 +15,6 @@ from braintl.commands.data import (
     add_split_args,
     add_validation_args,
     config_from_args,
-    data_or_phantoms,
 )
 from braintl.commands.output import (
     DATA_HELP,
@@ -25,6 +24,7 @@ from braintl.commands.output import (
     print_json,
     table,
 )
+from braintl.data.phantoms import data_or_phantoms
 from braintl.data.prepare import prepare
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError

@@ -71,12 +71,6 @@ def _distances(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return bits.min(axis=2)
 
 
-def distance_matrix(phashes: list[str]) -> np.ndarray:
-    """Pairwise distances: per pair, the smaller Hamming distance of the two hashes."""
-    words = _hash_words(phashes)
-    return _distances(words, words)
-
-
 def _blocked_pairs(
     items: np.ndarray,
     distances: Callable[[np.ndarray, np.ndarray], np.ndarray],

@@ -42,11 +42,15 @@ def label_index(label: str) -> int:
     return int(label == POSITIVE_LABEL)
 
 
-def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listing:
+def list_images(
+    data_url: str, label_map: dict[str, str] | None = None, max_images: int | None = None
+) -> Listing:
     """List image files in ``DATA_URL/<folder>/**`` and map each folder to its label.
 
     Raises :class:`UserError` naming the fix when the URL is missing or empty, a label
-    folder is not in the label map, or fewer than two labels have images.
+    folder is not in the label map, fewer than two labels have images, or the label folders
+    hold more than ``max_images`` files: listing stops at the first file over, so pointing
+    DATA_URL at a whole bucket fails in one page of listing, not after all of it.
     """
     label_map = dict(DEFAULT_LABEL_MAP if label_map is None else label_map)
     problem = credentials_problem("DATA_URL", data_url)
@@ -63,8 +67,18 @@ def list_images(data_url: str, label_map: dict[str, str] | None = None) -> Listi
         )
     images: list[ImageRef] = []
     skipped: list[tuple[str, str]] = list(outside)
+    listed = 0
     for folder in sorted(folders):
-        for path, size, islink in _walk(root.join(folder)):
+        limit = None if max_images is None else max_images + 1 - listed
+        files = _walk(root.join(folder), limit)
+        listed += len(files)
+        if max_images is not None and listed > max_images:
+            raise UserError(
+                f"{root.url}: more than max_images={max_images} files in the label folders "
+                "(listing stopped there). Check that DATA_URL points at the data set and not a "
+                "whole bucket; for a set this large raise max_images (--max-images)."
+            )
+        for path, size, islink in files:
             rel = path.removeprefix(root.path.rstrip("/") + "/")
             name = posixpath.basename(path)
             if name.lower() in IGNORED_NAMES or name.startswith("._"):
@@ -140,18 +154,29 @@ def _label_folders(root: Location) -> tuple[list[str], list[tuple[str, str]]]:
     return folders, outside
 
 
-def _walk(folder: Location) -> list[tuple[str, int, bool]]:
-    """(path, size, is a link) of every file below ``folder``, sorted.
+def _walk(folder: Location, limit: int | None = None) -> list[tuple[str, int, bool]]:
+    """(path, size, is a link) of every file below ``folder``, sorted; at most ``limit`` of
+    them, listing no further than needed to find that many.
 
     Links are reported rather than read: one can point outside the data folder. Keys ending in
-    "/" are the empty folder objects S3 consoles create, not files.
+    "/" are the empty folder objects S3 consoles create, not files. S3 lists the whole prefix
+    flat, ``limit`` keys at most (``max_items``); other filesystems are walked folder by folder.
     """
-    found = folder.fs.find(folder.path, detail=True, withdirs=False)
-    return sorted(
-        (path, int(info.get("size") or 0), bool(info.get("islink")))
-        for path, info in found.items()
-        if not path.endswith("/")
+    if folder.protocol == "s3":
+        found = folder.fs.find(folder.path, detail=True, withdirs=False, max_items=limit)
+        infos = list(found.items())
+    else:
+        infos = []
+        for _, _, files in folder.fs.walk(folder.path, detail=True):
+            infos += files.items()
+            if limit is not None and len(infos) >= limit:
+                break
+    files = sorted(
+        (info["name"], int(info.get("size") or 0), bool(info.get("islink")))
+        for _, info in infos
+        if not info["name"].endswith("/")
     )
+    return files if limit is None else files[:limit]
 
 
 def _moves(rel: str) -> bool:

@@ -18,7 +18,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from braintl.data.decode import UNREADABLE, Decoded, DecodeLimits, Quarantine, decode
+from braintl.data.decode import (
+    TOO_LARGE,
+    UNREADABLE,
+    Decoded,
+    DecodeLimits,
+    Quarantine,
+    decode,
+    too_many_bytes,
+)
 from braintl.data.duplicates import (
     DEFAULT_NEAR_DISTANCE,
     copy_stats,
@@ -29,6 +37,7 @@ from braintl.data.duplicates import (
 from braintl.data.listing import ImageRef, Listing
 from braintl.data.provenance import NOT_IN_MANIFEST, Provenance
 from braintl.data.signature import CONTRADICTS, COPY_DISTANCE, SIZE, signature
+from braintl.limits import decode_workers
 from braintl.storage import resolve
 
 OK = "ok"
@@ -275,11 +284,15 @@ def scan(
     on_image: Callable[[int, Decoded], None] | None = None,
     workers: int | None = None,
     provenance: Provenance | None = None,
+    memory_budget_gb: float | None = None,
 ) -> Manifest:
     """Decode, check and hash every listed file, then group duplicates and provenance.
 
     Unusable files are quarantined with a reason and never stop the scan; storage that
-    cannot be reached stops it (:class:`~braintl.storage.StorageError`).
+    cannot be reached stops it (:class:`~braintl.storage.StorageError`). A file the listing
+    sizes over ``limits.max_bytes`` is never read, and no read returns more than that plus
+    one byte (a file can grow after listing); as many threads decode at once as the memory
+    budget holds at the limits' worst case (:func:`~braintl.limits.decode_workers`).
     """
     provenance = provenance or Provenance()
     missing = provenance.missing({ref.relpath for ref in listing.images})
@@ -287,7 +300,9 @@ def scan(
         raise ValueError(f"near_distance={near_distance}: use -1 (off) or a number of bits >= 0")
     limits = limits or DecodeLimits()
     start = time.perf_counter()
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    workers = workers or decode_workers(
+        limits.peak_bytes(), memory_budget_gb, min(8, (os.cpu_count() or 1) + 2)
+    )
 
     def one(item: tuple[int, ImageRef]) -> tuple[Record, np.ndarray | None]:
         index, ref = item
@@ -296,8 +311,12 @@ def scan(
         if not origin.in_manifest:
             detail = f"no row for this file in {provenance.manifest_url}"
             return _quarantine(record, Quarantine(NOT_IN_MANIFEST, detail)), None
+        if ref.size > limits.max_bytes:
+            return _quarantine(
+                record, Quarantine(TOO_LARGE, too_many_bytes(ref.size, limits))
+            ), None
         try:
-            data = resolve(ref.url).read_bytes()
+            data = resolve(ref.url).read_bytes(limits.max_bytes)
         except PermissionError as exc:
             return _quarantine(record, Quarantine(UNREADABLE, f"permission denied ({exc})")), None
         except (FileNotFoundError, IsADirectoryError) as exc:

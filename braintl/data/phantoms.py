@@ -17,6 +17,7 @@ import io
 import os
 import re
 from collections.abc import Iterable
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -162,3 +163,16 @@ def is_phantom_set(relpaths: Iterable[str]) -> bool:
     """True when every file (relative path) is one :func:`write_phantom_dataset` wrote."""
     names = [path.replace("\\", "/").rsplit("/", 1)[-1] for path in relpaths]
     return bool(names) and all(PHANTOM_FILE.fullmatch(name) for name in names)
+
+
+def data_or_phantoms(data_url: str | None, out_url: str, log: TextIO) -> str:
+    """The data URL given, or else seeded synthetic phantoms written once under ``out_url``:
+    the demo every entry point (CLI, flow) falls back to, so all of them share one set."""
+    if data_url is not None:
+        return data_url
+    phantoms = resolve(out_url).join("phantoms")
+    if not phantoms.is_complete():
+        write_phantom_dataset(phantoms.url, seed=0)
+        phantoms.mark_complete({"seed": 0})
+    print(f"no data URL given: using synthetic phantoms in {phantoms.url}", file=log)
+    return phantoms.url

@@ -51,6 +51,9 @@ class DataConfig(BaseModel):
     label_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LABEL_MAP))
     min_side: int = Field(32, ge=1, description="smaller images are quarantined (px a side)")
     max_pixels: int = Field(64_000_000, ge=1024, description="larger images are quarantined")
+    max_bytes: int = Field(
+        DecodeLimits.max_bytes, ge=1, description="larger files are quarantined unread"
+    )
     near_distance: int = Field(
         DEFAULT_NEAR_DISTANCE, ge=-1, le=256, description="perceptual-hash bits; -1 = off"
     )
@@ -82,6 +85,9 @@ class DataConfig(BaseModel):
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.min_side, self.max_pixels, self.max_bytes)
+
     def provenance(self) -> Provenance:
         return read_provenance(self.group_by, self.manifest_url, self.label_map)
 
@@ -97,13 +103,12 @@ class Prepared:
 
 def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np.ndarray]]:
     """The manifest, and the preprocessed pixels of every usable image by record index."""
-    listing = list_images(data_url, config.label_map)
+    listing = list_images(data_url, config.label_map, config.max_images)
     augment_ratio = config.augment.target_ratio if config.augment.enabled else 1.0
     check_data_size(
         len(listing.images),
         config.preprocess.image_size,
         augment_ratio,
-        config.max_images,
         config.memory_budget_gb,
         listing.root,
     )
@@ -112,14 +117,14 @@ def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[int, np
     def keep(index: int, decoded: Decoded) -> None:
         pixels[index] = preprocess(decoded.rgb, config.preprocess)
 
-    limits = DecodeLimits(config.min_side, config.max_pixels)
     manifest = scan(
         listing,
-        limits,
+        config.decode_limits(),
         config.near_distance,
         config.copy_distance,
         on_image=keep,
         provenance=config.provenance(),
+        memory_budget_gb=config.memory_budget_gb,
     )
     for note in manifest.notes():
         log.warning(note)

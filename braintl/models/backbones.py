@@ -36,6 +36,9 @@ def _torchvision(name: str, builder: Callable[..., nn.Module], weights, pretrain
     return fetch_imagenet(name, source, weights.url, None, lambda: builder(weights=weights))
 
 
+# Each backbone declares its whole spec beside its builder, as timm's registry does. The entries
+# look alike on purpose (the duplicates tool pairs them): the numbers that differ (block spans,
+# feature size, weights) are the point, and a shared builder would hide them.
 @register(
     BackboneSpec(
         name="mobilenet_v2",

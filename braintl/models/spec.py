@@ -46,12 +46,3 @@ class BackboneSpec:
     std: tuple[float, float, float]
     strategies: tuple[str, ...]
     pretrained: str | None
-
-    @property
-    def last_block(self) -> Block:
-        """The last conv block: what the seed's fine-tuning retrains together with the head."""
-        return self.blocks[-1]
-
-    def block_names(self) -> tuple[str, ...]:
-        """Block names, input → output: what a progressive run reports as the stage reached."""
-        return tuple(block.name for block in self.blocks)

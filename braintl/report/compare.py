@@ -20,10 +20,9 @@ How a model with k fold models is scored on the held-out test set (the page says
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from braintl.data.tensors import TensorSet
-from braintl.metrics import evaluate, json_safe, reliability_bins
+from braintl.metrics import evaluate, json_safe, reliability_bins, roc_curve
 from braintl.report.collect import FoldPredictions, Run, fold_predictions
 from braintl.report.estimands import ensemble_estimand, fold_mean_estimand
 from braintl.uncertainty import bootstrap_metrics, delong_test, holm, one_per_group

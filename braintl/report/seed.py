@@ -15,7 +15,6 @@ SEED_PROTOCOL_NOTE = (
     "scan in train and test); Xception fine-tuned with 5-fold cross-validation; one figure, no "
     "spread"
 )
-SEED_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 
 # (backbone, strategy) → the seed's row name and its figures as fractions.
 TABLE_1: dict[tuple[str, str], dict] = {

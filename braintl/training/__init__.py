@@ -7,7 +7,8 @@ test part, with the Youden threshold taken from validation only.
 
 from braintl.training.config import TrainConfig
 from braintl.training.device import resolve_device
-from braintl.training.evaluate import SplitEvaluation, evaluate_split, predict_proba
+from braintl.training.evaluate import SplitEvaluation, evaluate_split
+from braintl.training.inference import predict_proba
 from braintl.training.loop import StopTraining, TrainResult, train
 
 __all__ = [

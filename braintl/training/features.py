@@ -38,7 +38,7 @@ from braintl.models import BrainTLModel, StrategyPlan
 from braintl.models.model import at_least_float32
 from braintl.storage import Location, resolve
 from braintl.training.device import BatchSource, autocast, to_device
-from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
+from braintl.training.inference import EVAL_BATCH_SIZE, predict_logits
 
 log = logging.getLogger(__name__)
 

@@ -46,9 +46,9 @@ from braintl.training.device import (
     prepare_model,
     resolve_device,
 )
-from braintl.training.evaluate import EVAL_BATCH_SIZE, predict_logits
 from braintl.training.features import PrefixCache, TrainablePart, prefix_cache
 from braintl.training.host_memory import reuse_freed_memory
+from braintl.training.inference import EVAL_BATCH_SIZE, predict_logits
 
 CHECKPOINT_FORMAT = 2  # 2: frozen blocks left out; 1 (whole model) still loads
 READABLE_FORMATS = (1, 2)
