@@ -347,6 +347,7 @@ def _trial_record(result: tune.Result, base: dict, epochs: int) -> dict:
         "reports": len(frame) if frame is not None else 0,
         "stopped_early": error is None and epochs_run < epochs,
         "error": error,
-        **{k: metrics.get(k) for k in ("node_id", "gpu_ids", "started", "reported")},
+        # Where and when it ran (its last attempt): node, GPU ids Ray assigned, start, last report.
+        "placement": {k: metrics.get(k) for k in ("node_id", "gpu_ids", "started", "reported")},
         "config": config.model_dump(),
     }

@@ -118,17 +118,17 @@ def test_cluster_sweep_as_ray_jobs_shares_gpus_across_both_workers(prefect_stack
     sweep = resolve(run_url).join("sweep.json").read_json()
     trials = next(iter(sweep.values()))["trials"]
     assert len(trials) == 4 and all(t["error"] is None for t in trials), trials
-    assert {t["node_id"] for t in trials} == workers
+    where = [t["placement"] for t in trials]
+    assert {p["node_id"] for p in where} == workers
     shared = [
-        (a["trial_id"], b["trial_id"])
-        for a in trials
-        for b in trials
-        if a["trial_id"] < b["trial_id"]
-        and (a["node_id"], a["gpu_ids"]) == (b["node_id"], b["gpu_ids"])
+        (a, b)
+        for i, a in enumerate(where)
+        for b in where[i + 1 :]
+        if (a["node_id"], a["gpu_ids"]) == (b["node_id"], b["gpu_ids"])
         and len(a["gpu_ids"]) == 1
         and _overlap(a, b)
     ]
-    assert shared, trials  # two trials on one declared GPU at the same time
+    assert shared, where  # two trials on one declared GPU at the same time
     assert resolve(run_url).join("report", "index.html").exists(), final.state
 
 
@@ -338,8 +338,8 @@ def test_a_sweep_job_survives_losing_a_worker_node(
     )
     trials = result["trials"]
     assert len(trials) == 4 and all(t["error"] is None for t in trials), trials
-    where = [(t["trial_id"], t["node_id"], t["epochs_run"]) for t in trials]
-    assert all(t["epochs_run"] == 2 and t["node_id"] == busy[1] for t in trials), (busy, where)
+    where = [(t["trial_id"], t["placement"]["node_id"], t["epochs_run"]) for t in trials]
+    assert all(epochs == 2 and node == busy[1] for _, node, epochs in where), (busy, where)
 
 
 @pytest.fixture
