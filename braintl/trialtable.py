@@ -42,6 +42,9 @@ class Trial(BaseModel):
     error: str | None = None
     restarts: int = Field(0, ge=0, description="Tune restarts after a lost worker")
     reports: list[Report] = []  # in the order received; an epoch may repeat after a restart
+    # Where and when its last report came from: node, the GPU ids Ray assigned (possibly
+    # shared), when the attempt started and when it reported.
+    placement: dict[str, str | float | list[str] | None] = {}
 
 
 class TrialTable(BaseModel):

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -45,6 +46,7 @@ METRIC = "val_auc"
 # Folds submitted at once (a run without a sweep) call ensure_ray from several threads.
 _RAY_INIT = threading.Lock()
 HYPERPARAMETERS = ("lr", "dropout", "head_units", "batch_size")
+PLACEMENT = ("node_id", "gpu_ids", "started", "reported")  # what a trial reports of where it ran
 log = logging.getLogger(__name__)
 
 
@@ -169,9 +171,16 @@ def _trial(
     train_idx, val_idx = tensors.fold(fold)
     trial_id = config["trial"]
     checkpoint = resolve(checkpoints_url).join(f"{trial_id}.pt")
+    # Where the trial ran and when: which node, which (possibly shared) GPU Ray assigned it.
+    placement = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+        "started": time.time(),
+    }
 
     def report(record: dict) -> None:
-        tune.report({k: record[k] for k in ("val_auc", "val_loss", "train_loss", "epoch")})
+        metrics = {k: record[k] for k in ("val_auc", "val_loss", "train_loss", "epoch")}
+        tune.report(metrics | placement | {"reported": time.time()})
 
     train(
         tensors,
@@ -223,7 +232,9 @@ class _TableWriter(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         fields = {k: result.get(k) for k in ("val_auc", "val_loss", "train_loss")}
         report = Report(epoch=result["epoch"], attempt=self.table.attempt, **fields)
-        self._entry(trial).reports.append(report)
+        entry = self._entry(trial)
+        entry.reports.append(report)
+        entry.placement = {k: result.get(k) for k in PLACEMENT}
         self._save()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -426,5 +437,6 @@ def _trial_record(
         "reports": len(by_epoch),
         "stopped_early": entry.error is None and epochs_run < epochs,
         "error": entry.error,
+        "placement": entry.placement,
         "config": config.model_dump(),
     }

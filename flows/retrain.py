@@ -38,7 +38,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from braintl import progress, replica, runlease
+from braintl import cluster, progress, replica, runlease
 from braintl.caveats import run_warnings, synthetic_data
 from braintl.champion import ChampionRule
 from braintl.codeversion import code_key
@@ -168,7 +168,11 @@ class RetrainParams(BaseModel):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     cpus_per_fold: float = Field(1.0, gt=0)
     gpus_per_fold: float = Field(0.0, ge=0, description="fractions share a GPU")
-    ray_address: str | None = Field(None, description="None: local Ray; else e.g. ray://head:10001")
+    ray_address: str | None = Field(
+        None,
+        description="None: local Ray; a dashboard http://head:8265 (work runs as Ray jobs); "
+        "or, from inside the cluster, its GCS address head:6379",
+    )
     force: bool = Field(False, description="run even when data and configuration are unchanged")
     champion: ChampionRule = Field(
         default_factory=ChampionRule, description="when this run's model replaces the champion"
@@ -231,6 +235,26 @@ class RetrainParams(BaseModel):
         if found:
             raise _bad("; ".join(found))
         return urls
+
+    @field_validator("ray_address")
+    @classmethod
+    def _supported_address(cls, address: str | None) -> str | None:
+        problem = cluster.address_problem(address)
+        if problem:
+            raise _bad(problem)
+        return address
+
+    @model_validator(mode="after")
+    def _cluster_reads_storage(self) -> RetrainParams:
+        """On a cluster, the nodes read the data and write the results: local paths would be
+        another machine's disk (or a different disk on each node)."""
+        problems = [
+            cluster.storage_problem(name, getattr(self, name), self.ray_address)
+            for name in ("data_url", "out_url")
+        ]
+        if any(problems):
+            raise _bad("; ".join(p for p in problems if p))
+        return self
 
     @field_validator("out_url")
     @classmethod
@@ -408,14 +432,24 @@ def _release_lease(flow, flow_run, state) -> None:
     runlease.release(str(flow_run.id))
 
 
+def _stop_cluster_jobs(flow, flow_run, state) -> None:
+    """Flow hook: a cancelled, failed or timed-out flow run stops the Ray jobs it submitted
+    (a crashed one cannot: its jobs run on, and the resumed run re-attaches to them)."""
+    params = flow_run.parameters.get("params") or {}  # JSON from the API; the model in-process
+    address = params.get("ray_address") if isinstance(params, dict) else params.ray_address
+    if cluster.uses_jobs(address):
+        stopped = cluster.stop_jobs(address, **{cluster.PREFECT_RUN_KEY: str(flow_run.id)})
+        print(f"stopped Ray jobs of this flow run: {', '.join(stopped) or 'none running'}")
+
+
 @flow(
     name="retrain",
     task_runner=ThreadPoolTaskRunner(max_workers=64),
     log_prints=True,
     on_completion=[_release_lease],
-    on_failure=[_release_lease],
+    on_failure=[_release_lease, _stop_cluster_jobs],
     on_crashed=[_release_lease],
-    on_cancellation=[_release_lease],
+    on_cancellation=[_release_lease, _stop_cluster_jobs],
     timeout_seconds=RUN_TIMEOUT_S,
 )
 def retrain(params: RetrainParams = RetrainParams()) -> dict | State:  # noqa: B008

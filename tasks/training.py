@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from braintl import folds, progress, tuning
+from braintl import cluster, folds, progress, tuning
+from braintl.storage import resolve
 from tasks.caching import COMPUTED
 from tasks.data import worth_retrying
 
@@ -52,21 +55,32 @@ def sweep(
         0.0, key=f"sweep-{name}", description=f"sweep {name}: trials ended"
     )
 
-    def trial_ended(ended: int, total: int) -> None:
+    def trials_ended(ended: int, total: int) -> None:
         update_progress_artifact(artifact, 100 * ended / total)
         progress.report(f"trials {name}", ended, total)
 
-    result = tuning.run_sweep(
-        tensors_url,
-        pairs,
-        base,
-        config,
-        storage_url,
-        name=name,
-        fold=0,
-        ray_address=ray_address,
-        on_trial_end=trial_ended,
-    )
+    if cluster.uses_jobs(ray_address):
+        spec = {
+            "tensors_url": tensors_url,
+            "pairs": pairs,
+            "base": base,
+            "sweep": config.model_dump(mode="json"),
+            "storage_url": storage_url,
+            "name": name,
+        }
+        result = _as_job(ray_address, "sweep", spec, storage_url, name, trials_ended)
+    else:
+        result = tuning.run_sweep(
+            tensors_url,
+            pairs,
+            base,
+            config,
+            storage_url,
+            name=name,
+            fold=0,
+            ray_address=ray_address,
+            on_trial_end=trials_ended,
+        )
     missing = [f"{b}/{s}" for b, s in pairs if f"{b}/{s}" not in result["best"]]
     if missing:
         errors = sorted({t["error"] for t in result["trials"] if t["error"]})
@@ -91,6 +105,17 @@ def train_fold(
     timeout_s: float | None = None,
 ) -> dict:
     """Train ``config`` with ``fold`` held out, as a Ray task; returns its scores record."""
+    if cluster.uses_jobs(ray_address):
+        spec = {
+            "tensors_url": tensors_url,
+            "config": config,
+            "fold": fold,
+            "out_url": out_url,
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "timeout_s": timeout_s,
+        }
+        return _as_job(ray_address, "fold", spec, out_url)
     return folds.train_fold_on_ray(
         tensors_url,
         config,
@@ -100,4 +125,27 @@ def train_fold(
         num_gpus,
         ray_address=ray_address,
         timeout_s=timeout_s,
+    )
+
+
+def _as_job(
+    address: str, stage: str, spec: dict, out_url: str, name: str = "", on_trials=None
+) -> dict:
+    """Run one stage as a Ray job on the cluster, its log lines in this task's log and its
+    trial counts (a sweep's) in the progress artifact. The job carries the flow run's id, so
+    the flow's hooks stop it when the run is cancelled or fails."""
+    logger = get_run_logger()
+
+    def on_log(line: str) -> None:
+        if on_trials and line.startswith(cluster.TRIALS_ENDED):
+            on_trials(*map(int, line.rsplit(" ", 1)[1].split("/")))
+        logger.info(line)
+
+    return cluster.run_job(
+        address,
+        cluster.job_id(resolve(out_url).join(name).url if name else out_url),
+        cluster.entrypoint(stage, spec),
+        cluster.result_url(stage, spec),
+        metadata={cluster.PREFECT_RUN_KEY: str(flow_run.id)},
+        on_log=on_log,
     )

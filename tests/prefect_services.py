@@ -146,7 +146,7 @@ def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
                 "braintl_adhoc": {**TINY, "out_url": out_url},
                 "braintl_data_url": "s3://braintl-scans/brain_mri",
                 "braintl_out_url": out_url,
-                "braintl_ray_address": "ray://braintl-ray-head:10001",
+                "braintl_ray_address": "http://braintl-ray-head:8265",
                 "braintl_alert_webhook": alert_webhook,
             },
         )

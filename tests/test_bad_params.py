@@ -9,6 +9,8 @@ from braintl.cli import main
 from braintl.limits import gpu_request_problem, local_gpus
 from flows.retrain import RetrainParams
 
+ON_CLUSTER = {"ray_address": "http://h:8265", "out_url": "s3://b/runs"}
+
 
 def _refused(**values) -> str:
     """The one error of RetrainParams(**values), as ``field: message``."""
@@ -26,8 +28,14 @@ def _refused(**values) -> str:
         ({"backbones": ["resnet18"]}, "backbones: unknown 'resnet18'; choose from mobilenet_v2"),
         ({"backbones": []}, "backbones: none given; choose from"),
         ({"strategies": ["frozen", "sideways"]}, "strategies: unknown 'sideways'; choose from"),
-        ({"sweep": {"gpus_per_trial": 1.5}, "ray_address": "ray://h:10001"}, "gpus_per_trial=1.5"),
-        ({"gpus_per_fold": 2.5, "ray_address": "ray://h:10001"}, "gpus_per_fold=2.5"),
+        ({"sweep": {"gpus_per_trial": 1.5}, **ON_CLUSTER}, "gpus_per_trial=1.5"),
+        ({"gpus_per_fold": 2.5, **ON_CLUSTER}, "gpus_per_fold=2.5"),
+        ({"ray_address": "ray://h:10001"}, "ray_address: ray_address='ray://h:10001' is a Ray"),
+        ({"ray_address": "h:6379"}, "out_url='braintl-runs' is a local path, but ray_address"),
+        (
+            {**ON_CLUSTER, "data_url": "/scans"},
+            "data_url='/scans' is a local path, but ray_address='http://h:8265' runs the work",
+        ),
         (
             {"data_url": "/scans", "out_url": "file:///scans/./runs"},
             "out_url: out_url=file:///scans/./runs lies inside data_url=/scans",
@@ -90,7 +98,7 @@ def test_gpu_requests_checked_against_this_machine_with_local_ray():
         )
         both = _refused(profile="paper", sweep={"num_samples": 2})
         assert "sweep.gpus_per_trial=0.25" in both and "gpus_per_fold=0.25" in both
-    cluster = RetrainParams(profile="paper", ray_address="ray://head:10001", gpus_per_fold=2)
+    cluster = RetrainParams(profile="paper", **ON_CLUSTER, gpus_per_fold=2)
     assert cluster.gpus_per_fold == 2
 
 

@@ -44,7 +44,8 @@ def test_params_file_is_the_form_and_flags_override_it(tmp_path, monkeypatch):
     assert (flags.protocol, flags.epochs, flags.weights) == ("paper", 2, "imagenet")
     assert (flags.test_fraction, flags.augment, flags.batch_size) == (0.2, True, 18)
     assert (flags.sweep.num_samples, flags.sweep.cpus_per_trial) == (6, 0.5)
-    assert _params("--no-augment", "--profile", "paper", "--ray-address", "h:6379").augment is False
+    cluster = ("--ray-address", "h:6379", "--out", "s3://b/r")
+    assert _params("--no-augment", "--profile", "paper", *cluster).augment is False
 
 
 def test_environment_gives_the_default_folders(tmp_path, monkeypatch):

@@ -173,7 +173,8 @@ def test_tasks_retry_outages_not_user_mistakes_or_timeouts(prefect_server, polic
 
 
 def test_run_options_override_the_profile():
-    cluster = ["--ray-address", "ray://head:10001"]  # paper asks for GPUs: none here
+    # paper asks for GPUs: none here; a cluster run stores on S3
+    cluster = ["--ray-address", "http://head:8265", "--out", "s3://bucket/runs"]
     args = build_parser().parse_args(["run", "--profile", "paper", "--epochs", "2", *cluster])
     params = RetrainParams(**params_from_args(args))
     assert (params.epochs, params.image_size, params.weights) == (2, 224, "imagenet")
@@ -181,7 +182,7 @@ def test_run_options_override_the_profile():
     quick = RetrainParams(**params_from_args(build_parser().parse_args(["run"])))
     assert (quick.weights, quick.folds, quick.data_url) == ("none", 3, None)
     assert quick.pairs()[-1] == ("scratch_cnn", "full") and len(quick.pairs()) == 9
-    paper = RetrainParams(profile="paper", ray_address=cluster[1])
+    paper = RetrainParams(profile="paper", ray_address=cluster[1], out_url=cluster[3])
     assert paper.sweep_groups()["none"] == [("scratch_cnn", "full")]
 
 

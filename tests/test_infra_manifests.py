@@ -406,7 +406,7 @@ def test_network_policies_let_only_the_worker_and_flows_reach_prefect_and_flows_
 
     assert reach(server, worker) == {4200} and reach(server, FLOW_ROLE) == {4200}
     assert reach(server, outsider) == set() and reach(server, ray) == set()
-    assert reach(head, FLOW_ROLE) == {10001} and reach(head, ray | {"ray.io/node-type": "worker"})
+    assert reach(head, FLOW_ROLE) == {8265} and reach(head, ray | {"ray.io/node-type": "worker"})
     assert reach(head, outsider) == set() and reach(head, worker) == set()
     assert reach(ray | {"ray.io/node-type": "worker"}, FLOW_ROLE) == set()
     assert reach({"app.kubernetes.io/name": "postgresql"}, server) == {5432}

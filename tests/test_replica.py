@@ -15,7 +15,8 @@ from braintl.commands.run import params_from_args
 from braintl.replica import seed_config
 from flows.retrain import RetrainParams
 
-CLUSTER = "ray://head:10001"  # paper asks for GPUs: none here
+# paper asks for GPUs: none here; a cluster run stores on S3
+ON_CLUSTER = {"ray_address": "http://head:8265", "out_url": "s3://bucket/runs"}
 SEED = {"lr": 1e-3, "batch_size": 18, "epochs": 18, "head": "paper", "backbone_lr_factor": 1.0}
 VGG_FT = {**SEED, "head": "paper_vgg_ft", "warmup_epochs": 18, "epochs": 18 + 98}
 
@@ -28,7 +29,7 @@ def _configs(params: RetrainParams) -> dict[str, dict]:
 
 
 def test_paper_profile_trains_every_model_with_the_seeds_settings():
-    params = RetrainParams(profile="paper", ray_address=CLUSTER)
+    params = RetrainParams(profile="paper", **ON_CLUSTER)
     assert params.tuning == "seed"
     configs = _configs(params)
     assert set(configs) == {f"{b}/{s}" for b, s in params.pairs()} and len(configs) == 9
@@ -58,7 +59,7 @@ def test_vgg16_fine_tuned_warms_its_head_for_the_basic_budget_then_adds_98():
     ],
 )
 def test_sweep_settings_ask_for_a_sweep(given, tuning):
-    params = RetrainParams(profile="paper", ray_address=CLUSTER, **given)
+    params = RetrainParams(profile="paper", **ON_CLUSTER, **given)
     assert params.tuning == tuning
     again = RetrainParams(**params.model_dump())  # a round trip (Prefect's) keeps the choice
     assert again.tuning == tuning and again.sweep == params.sweep
@@ -67,7 +68,7 @@ def test_sweep_settings_ask_for_a_sweep(given, tuning):
 def test_cli_paper_run_is_a_replica_unless_asked_to_sweep():
     def parsed(*extra: str) -> RetrainParams:
         args = build_parser().parse_args(["run", "--profile", "paper", *extra])
-        return RetrainParams(**params_from_args(args), ray_address=CLUSTER)
+        return RetrainParams(**{**params_from_args(args), **ON_CLUSTER})
 
     assert parsed().tuning == "seed"
     assert parsed("--num-samples", "8").tuning == "sweep"

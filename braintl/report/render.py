@@ -29,7 +29,7 @@ PLOTS = {
     "ensemble's probability)",
 }
 TRIAL_FIELDS = {"backbone", "strategy", "trial_id", "val_auc", "best_val_auc", "epochs_run",
-                "stopped_early", "error", "reports"}  # fmt: skip
+                "stopped_early", "error", "reports", "placement"}  # fmt: skip
 # report.json's DeLong field → its column on the page.
 DELONG_COLUMNS = {
     "auc_a": "AUC best (fold ensemble)",
