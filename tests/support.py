@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flows.retrain import RetrainParams
+    from flows.params import RetrainParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ TWO_MODELS = {"backbones": ["scratch_cnn", "mobilenet_v2"], "strategies": ["froz
 
 def small_params(data_url: str | Path, out_url: str | Path, **fields: Any) -> RetrainParams:
     """``SMALL_RUN`` from ``data_url`` into ``out_url``, ``fields`` overriding it."""
-    from flows.retrain import RetrainParams  # Prefect: imported by the tests that run the flow
+    from flows.params import RetrainParams  # ray and torch: only for the tests that use it
 
     return RetrainParams(
         **{**SMALL_RUN, "data_url": str(data_url), "out_url": str(out_url), **fields}

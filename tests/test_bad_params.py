@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from braintl.cli import main
 from braintl.limits import gpu_request_problem, local_gpus
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 
 ON_CLUSTER = {"ray_address": "http://h:8265", "out_url": "s3://b/runs"}
 

@@ -184,7 +184,7 @@ def test_of_writers_deciding_against_one_champion_exactly_one_moves_it(out_url):
 
 def test_the_rule_is_a_run_parameter_outside_the_run_key():
     """Changing a margin changes decisions, not results: no retraining for it."""
-    from flows.retrain import RetrainParams
+    from flows.params import RetrainParams
 
     strict = RetrainParams(champion={"auc_margin": 0.0, "sensitivity_margin": 0.0})
     assert strict.champion == ChampionRule(auc_margin=0.0, sensitivity_margin=0.0)

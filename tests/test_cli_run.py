@@ -18,7 +18,7 @@ from braintl.cli import build_parser, main
 from braintl.commands.progress import ProgressDisplay, drawable
 from braintl.commands.run import params_from_args, prefect_console
 from braintl.data.phantoms import write_phantom_dataset
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 
 
 def _params(*argv: str) -> RetrainParams:

@@ -23,7 +23,7 @@ KEYS_SCRIPT = """
 import json
 from braintl.codeversion import code_version
 from braintl.data.prepare import DataConfig
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 from tasks.caching import LIBRARY_SOURCE
 print(json.dumps({
     "run": RetrainParams().run_key("fingerprint"),
@@ -77,7 +77,7 @@ def test_source_hash_follows_the_files_not_their_place(tmp_path):
 
 def test_a_changed_library_file_changes_the_keys_of_what_it_computes(tmp_path):
     from braintl.data.prepare import DataConfig
-    from flows.retrain import RetrainParams
+    from flows.params import RetrainParams
 
     here = {
         "run": RetrainParams().run_key("fingerprint"),

@@ -20,7 +20,8 @@ from braintl.data.phantoms import Scanner, write_phantom_dataset
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
 from braintl.timeouts import PREPARE_SECONDS_PER_FILE, Timeouts
-from flows.retrain import RetrainParams, retrain
+from flows.params import RetrainParams
+from flows.retrain import retrain
 
 OTHER_SCANNER = Scanner(gamma=1.6, noise=2.5)
 

@@ -25,8 +25,9 @@ from braintl.errors import UserError
 from braintl.storage import StorageError, resolve
 from braintl.timeouts import expired
 from braintl.training import TrainConfig
+from flows.params import RetrainParams
 from flows.predict import predict
-from flows.retrain import RetrainParams, retrain
+from flows.retrain import retrain
 from flows.roots import VARIABLE
 from tasks.data import STORAGE_RETRIES
 from tasks.results_storage import RESULTS_DIR

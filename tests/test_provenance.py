@@ -23,7 +23,7 @@ from braintl.data.prepare import DataConfig, build_tensors, prepare, scan_data
 from braintl.data.provenance import NOT_IN_MANIFEST, compile_group_by, read_provenance
 from braintl.data.splits import members, parts
 from braintl.data.tensors import Split
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 from tasks.data import snapshot
 
 PATIENT = r"pat(?P<group>\d+)_"

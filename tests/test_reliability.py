@@ -36,7 +36,8 @@ from braintl.storage import resolve
 from braintl.timeouts import Timeouts
 from braintl.training import pause
 from braintl.tuning import SweepConfig, run_sweep
-from flows.retrain import RetrainParams, output_limit, retrain
+from flows.params import RetrainParams
+from flows.retrain import output_limit, retrain
 from tasks.results_storage import RESULTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from braintl.caveats import RANDOM_INIT_WARNING
 from braintl.cli import build_parser
 from braintl.commands.run import params_from_args
 from braintl.replica import seed_config
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 
 # paper asks for GPUs: none here; a cluster run stores on S3
 ON_CLUSTER = {"ray_address": "http://head:8265", "out_url": "s3://bucket/runs"}

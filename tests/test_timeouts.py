@@ -13,7 +13,7 @@ from braintl.timeouts import (
     Timeouts,
     expired,
 )
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 
 
 def test_training_time_grows_with_images_epochs_and_waves_of_runs():

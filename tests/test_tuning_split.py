@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from braintl.metrics import json_safe
 from braintl.results import METRICS, TUNING_FOLD, aggregate, best_model, cv_plan, to_markdown
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 
 PARTS = {
     f"fold{k}": {"train": {"total": 40}, "val": {"total": 20}, "fold": {"total": 20}}

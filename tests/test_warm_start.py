@@ -14,7 +14,7 @@ from braintl.publish import load_model, warm_start, weights_url
 from braintl.storage import resolve
 from braintl.training import TrainConfig
 from braintl.training.loop import _Run
-from flows.retrain import RetrainParams
+from flows.params import RetrainParams
 
 pytestmark = pytest.mark.slow
 

@@ -193,7 +193,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def run_flow(args: argparse.Namespace) -> int:
-    from flows.retrain import RetrainParams, retrain
+    from flows.params import RetrainParams  # no Prefect: bad values are refused before it loads
 
     try:
         params = RetrainParams(**params_from_args(args))
@@ -202,6 +202,8 @@ def run_flow(args: argparse.Namespace) -> int:
             f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()
         )
         raise UserError(f"bad parameter value: {problems}") from None
+    from flows.retrain import retrain
+
     server = start_ephemeral_prefect()  # the one braintl.cli started, if it did
     if server is not None:
         server.join()
