@@ -302,7 +302,8 @@ def _as_imagenet_on_real_scans(run: Path, root: Path) -> Path:
     shutil.copytree(run, copy)
     config["data"]["tensors_url"] = str(cache)
     (copy / "config.json").write_text(json.dumps(config))
-    results = json.loads((copy / "results.json").read_text())
+    # The copy's records point at its own folds: braintl follows no stored URL out of the root.
+    results = json.loads((copy / "results.json").read_text().replace(str(run), str(copy)))
     for model in results["models"]:
         if model["backbone"] != "scratch_cnn":
             model["config"]["weights"] = "imagenet"
