@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import sys
@@ -85,12 +86,18 @@ class JobFailed(RuntimeError):
 
 
 def client(address: str):
-    """A Jobs API client for the dashboard at ``address``; Ray adds the token header itself."""
+    """A Jobs API client for the dashboard at ``address``, sending ``RAY_AUTH_TOKEN`` when set.
+
+    The header is set here rather than left to Ray: Ray reads ``RAY_AUTH_MODE`` once per process,
+    when it is first imported, so a process that imported Ray before the variable was set (a
+    worker serving several flows, a test runner) would otherwise send no token."""
     import ray.exceptions
     from ray.job_submission import JobSubmissionClient
 
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=headers)
     except (ConnectionError, ray.exceptions.AuthenticationError) as error:
         raise UserError(
             f"cannot reach the Ray Jobs API at {address} ({error}): check ray_address (the "
