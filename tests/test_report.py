@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from html import escape
+from markupsafe import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
