@@ -45,8 +45,17 @@ DELONG_COLUMNS = {
     "p_holm": "p Holm",
     "p_images": "p (images)",
 }
-BEST_CONFIG_FIELDS = ("weights", "head", "head_units", "dropout", "lr", "backbone_lr_factor",
-                      "batch_size", "epochs", "warmup_epochs")  # fmt: skip
+BEST_CONFIG_FIELDS = (
+    "weights",
+    "head",
+    "head_units",
+    "dropout",
+    "lr",
+    "backbone_lr_factor",
+    "batch_size",
+    "epochs",
+    "warmup_epochs",
+)
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1400px;padding:1em 2em;
 color:#1d2733}
@@ -131,9 +140,10 @@ def _part_rows(meta: dict) -> list[Row]:
     rows = []
     for part, sizes in meta.get("parts", {}).items():
         for role, count in sizes.items() if "total" not in sizes else [("", sizes)]:
-            rows.append([(f"{part} {role}".strip(), False)] + [
-                (count.get(k), True) for k in ("tumor", "no_tumor", "total")
-            ])  # fmt: skip
+            rows.append(
+                [(f"{part} {role}".strip(), False)]
+                + [(count.get(k), True) for k in ("tumor", "no_tumor", "total")]
+            )
     return rows
 
 
@@ -175,10 +185,14 @@ ENV.globals |= {
         [(q[k], False) for k in ("file", "reason", "detail")] for q in quarantined
     ],
     "group_rows": lambda gs: [
-        [(g["group"], False), (g["kind"], False), (", ".join(g["labels"]), False),
-         (", ".join(g["members"]), False)]
+        [
+            (g["group"], False),
+            (g["kind"], False),
+            (", ".join(g["labels"]), False),
+            (", ".join(g["members"]), False),
+        ]
         for g in gs
-    ],  # fmt: skip
+    ],
     "stage_rows": lambda stages: [[(k, False), (f"{v:.1f}", True)] for k, v in stages.items()],
     "plain_rows": lambda pairs: [[(k, False), (v, False)] for k, v in pairs.items()],
 }
