@@ -151,7 +151,6 @@ ENV = Environment(
     loader=PackageLoader("braintl.report", "templates"),
     autoescape=select_autoescape(["html"]),
     undefined=StrictUndefined,
-    keep_trailing_newline=False,
 )
 ENV.filters |= {
     "dash": _dash,
