@@ -26,6 +26,7 @@ from braintl.champion import (
     write_champion,
 )
 from braintl.data.tensors import TensorSet
+from braintl.markdown import markdown_escape
 from braintl.metrics import json_safe
 from braintl.predict import predict
 from braintl.publish import MODEL_DIR, PublishedModel, load_model
@@ -174,8 +175,9 @@ def to_markdown(decision: dict) -> str:
     """The decision for a Prefect artifact and a reader: the verdict, then the evidence."""
     lines = [f"# {decision['reason']}", ""]
     lines.append(
-        f"Candidate run `{decision['candidate']}`; champion before `{decision['champion_before']}`,"
-        f" now `{decision['champion']}`."
+        f"Candidate run {markdown_escape(decision['candidate'])}; champion before "
+        f"{markdown_escape(decision['champion_before'])}, now "
+        f"{markdown_escape(decision['champion'])}."
     )
     ev = decision["evidence"]
     if not ev:

@@ -36,6 +36,7 @@ from braintl.ensemble import (
     test_predictions,
 )
 from braintl.errors import UserError
+from braintl.markdown import markdown_escape
 from braintl.metrics import json_safe
 from braintl.models import create_model
 from braintl.models.model import BrainTLModel
@@ -411,7 +412,7 @@ def model_card(info: dict) -> str:
     lines = [
         f"# Model card: {info['model']} from run {info['run_id']}",
         "",
-        f"Published {info['published']} from `{info['run_url']}`: {what}.",
+        f"Published {info['published']} from {markdown_escape(info['run_url'])}: {what}.",
         "",
         "## Intended use",
         "",
@@ -430,14 +431,14 @@ def model_card(info: dict) -> str:
         f"weight decay {train['weight_decay']:g}, seed {train['seed']}",
         f"- Decision threshold: {info['threshold']:.4f} ({info['threshold_rule']})",
         f"- Labels: {info['labels']['1']} (1), {info['labels']['0']} (0); label folders "
-        + ", ".join(f"`{k}` → {v}" for k, v in sorted(info["label_map"].items())),
+        + ", ".join(f"{markdown_escape(k)} → {v}" for k, v in sorted(info["label_map"].items())),
         f"- Input: RGB, {'cropped to the brain, ' if pre['crop'] else ''}padded to a square "
         f"with black and resized to {pre['image_size']} px (bicubic); images under "
         f"{info['decode']['min_side']} px a side are refused",
         "",
         "## Data",
         "",
-        f"- Source: `{data['data_url']}`, fingerprint `{info['fingerprint']}`",
+        f"- Source: {markdown_escape(data['data_url'])}, fingerprint `{info['fingerprint']}`",
         f"- {data['originals']} usable scans, {data['augmented']} augmented copies; held-out "
         f"test part: {_counts(test_part)}",
         "",
@@ -560,7 +561,9 @@ def external_lines(external: dict | None) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for row in [external["internal"], *external["sources"]]:
-        name = row["name"] + (f" (`{row['url']}`)" if row.get("url") else "")
+        name = markdown_escape(row["name"]) + (
+            f" ({markdown_escape(row['url'])})" if row.get("url") else ""
+        )
         figures = [_interval(row.get(k)) for k in ("auc", "sensitivity", "specificity")]
         copies = "–" if row.get("copies_removed") is None else row["copies_removed"]
         lines.append(
@@ -579,7 +582,8 @@ def _limitations(info: dict) -> list[str]:
         else "not been validated on other scanners, sequences, sites or populations"
     )
     items = [
-        f"Trained on {data['originals']} scans from one source (`{data['data_url']}`): it has "
+        f"Trained on {data['originals']} scans from one source "
+        f"({markdown_escape(data['data_url'])}): it has "
         f"{where}.",
         "2D slices only, one label per image; it does not localise tumors or tell their types.",
         f"The threshold {info['threshold']:.4f} was chosen on "

@@ -37,6 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from braintl import cluster, progress, runlease
 from braintl.caveats import run_warnings, synthetic_data
+from braintl.markdown import markdown_escape
 from braintl.results import METRICS, cv_plan, to_markdown
 from braintl.runinfo import environment
 from braintl.storage import COMPLETE_MARKER, resolve
@@ -322,7 +323,8 @@ def _retrain(params: RetrainParams) -> dict | State:
             "`external-validation` artifact and the report's External validation section.\n\n"
         )
     create_markdown_artifact(
-        f"# Retrain run {run_id}\n\n{opening}{to_markdown(summary)}\nResults: `{run.url}`\n",
+        f"# Retrain run {run_id}\n\n{opening}{to_markdown(summary)}\n"
+        f"Results: {markdown_escape(run.url)}\n",
         key="retrain-summary",
         description="results table",
     )

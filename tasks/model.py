@@ -6,6 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from braintl import predict, publish, runlease
+from braintl.markdown import markdown_escape
 from braintl.storage import resolve
 from tasks.data import STORAGE_RETRIES
 
@@ -46,14 +47,17 @@ def score_images(model_url: str, data_url: str, csv_url: str) -> dict:
     target.write_bytes(result.to_csv().encode())
     tumor = sum(row.label == publish.POSITIVE_LABEL for row in result.rows)
     lines = [
-        f"# Predictions for `{data_url}`",
+        f"# Predictions for {markdown_escape(data_url)}",
         "",
-        f"Model `{model_url}`, tumor when probability >= {result.threshold:.4f}.",
+        f"Model {markdown_escape(model_url)}, tumor when probability >= {result.threshold:.4f}.",
         "",
         f"{len(result.rows)} scored ({tumor} tumor), {len(result.unreadable)} unreadable. "
-        f"CSV: `{target.url}`",
+        f"CSV: {markdown_escape(target.url)}",
     ]
-    lines += [f"- unreadable `{u.file}`: {u.reason}: {u.detail}" for u in result.unreadable]
+    lines += [
+        f"- unreadable {markdown_escape(u.file)}: {markdown_escape(f'{u.reason}: {u.detail}')}"
+        for u in result.unreadable
+    ]
     create_markdown_artifact("\n".join(lines), key="predictions", description=target.url)
     return {
         "model": model_url,

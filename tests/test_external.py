@@ -19,6 +19,7 @@ from braintl.commands.run import params_from_args
 from braintl.data.phantoms import Scanner, write_phantom_dataset
 from braintl.data.prepare import DataConfig
 from braintl.errors import UserError
+from braintl.markdown import markdown_escape
 from braintl.timeouts import PREPARE_SECONDS_PER_FILE, Timeouts
 from flows.params import RetrainParams
 from flows.retrain import retrain
@@ -161,5 +162,5 @@ def test_flow_scores_the_published_model_on_external_sets(tmp_path):
     assert f'data-set="ext" data-metric="auc" data-value="{json.dumps(auc)}"' in html
 
     card = (run / "model/MODEL_CARD.md").read_text()
-    assert "## External validation" in card and f"`{ext}`" in card
+    assert "## External validation" in card and markdown_escape(ext) in card
     assert info["external"] == latest["external"]

@@ -14,6 +14,7 @@ from small_run import small_run
 
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
+from braintl.markdown import markdown_escape
 from braintl.metrics import youden_threshold
 from braintl.publish import CARD_FILE, INTENDED_USE, SINGLE_FOLD, load_model
 from braintl.results import best_model
@@ -82,7 +83,7 @@ def test_model_card_has_every_field_filled_from_the_run(retrained):
         f"Decision threshold: {info['threshold']:.4f}",
         "out-of-fold validation predictions (16 images",
         f"fingerprint `{info['fingerprint']}`",
-        f"Source: `{retrained.data}`",
+        f"Source: {markdown_escape(retrained.data)}",
         "32 usable scans, 0 augmented copies; held-out test part: 8 scans (4 tumor, 4 no tumor)",
         "Protocol `groups`",
         "source groups in more than one part: 0",

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import escape
 from report_runs import ReportRuns, report_runs
 
 from braintl.caveats import LEAKY_REFERENCE, RANDOM_INIT_WARNING, SYNTHETIC_WARNING

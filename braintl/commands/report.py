@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "run_url", metavar="RUN_URL", help="a run, OUT_URL/runs/<run_id>, or OUT_URL (its latest)"
     )
-    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+    p.add_argument(
+        "--open",
+        action="store_true",
+        help="render the page into a local temporary folder too and open that in a web browser",
+    )
     p.add_argument("--json", action="store_true", help="print the files written as JSON")
     p.set_defaults(handler=report_command)
 
@@ -34,24 +38,29 @@ def run_url_of(url: str) -> str:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from braintl.report import write_report  # matplotlib and torch load only for this command
+    # matplotlib and torch load only for this command
+    from braintl.report.build import build_report, write_report_files
 
-    urls = write_report(run_url_of(args.run_url))
+    run_url = run_url_of(args.run_url)
+    report, images = build_report(run_url)
+    urls = write_report_files(run_url, report, images)
     if args.json:
         print_json(urls)
     else:
         print(f"report: {urls['index.html']}")
     if args.open:
-        webbrowser.open(_local_uri(urls["index.html"]))
+        page = local_page(report, images)
+        print(f"opening {page}")
+        webbrowser.open(page.as_uri())
     return 0
 
 
-def _local_uri(url: str) -> str:
-    """A file:// URI of the page; a remote page is copied to a temporary file first (it is
-    self-contained, so the copy shows everything)."""
-    loc = resolve(url)
-    if loc.protocol == "file":
-        return Path(loc.path).as_uri()
+def local_page(report: dict, images: dict[str, str]) -> Path:
+    """The page rendered here, from the report document written as report.json, into a new
+    private temporary folder: the browser opens a file braintl just wrote through its escaping
+    templates, never an HTML file read back from storage that someone else could have edited."""
+    from braintl.report.render import render_html
+
     target = Path(tempfile.mkdtemp(prefix="braintl-report-")) / "index.html"
-    target.write_bytes(loc.read_bytes())
-    return target.as_uri()
+    target.write_text(render_html(report, images), encoding="utf-8")
+    return target

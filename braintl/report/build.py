@@ -37,7 +37,11 @@ REPORT_DIR = "report"
 
 def write_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, str]:
     """Render the report of the run at ``run_url``; returns file name → URL."""
-    report, images = build_report(run_url, resamples)
+    return write_report_files(run_url, *build_report(run_url, resamples))
+
+
+def write_report_files(run_url: str, report: dict, images: dict[str, str]) -> dict[str, str]:
+    """``report/`` under the run from a built report (see :func:`build_report`)."""
     rows = report["table"]
     files = {
         "index.html": render_html(report, images).encode(),

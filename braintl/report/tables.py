@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
+from braintl.markdown import markdown_escape
 from braintl.report.estimands import ensemble_estimand
 
 # Column → the score it reads (sensitivity is recall; the seed reports it as recall).
@@ -121,7 +122,8 @@ def to_markdown(rows: list[dict], protocol: str, warnings: list[str]) -> str:
             f"{interval(row['cells'][c])} ({percent(row['cells'][c]['seed'])})"
             for c in TABLE_METRICS
         ]
-        lead = f"| {name} | {row['weights']} | {row['seed_label']} | "
+        lead = f"| {name} | {markdown_escape(row['weights'])} | "
+        lead += f"{markdown_escape(row['seed_label'])} | "
         lines.append(lead + " | ".join(cells) + " |")
     estimand = rows[0]["estimand"] if rows else "the fold ensemble"
     note = (
