@@ -72,7 +72,8 @@ def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
     )
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "run_id": run_id}))
-    results = json.loads((run / "results.json").read_text())
+    # Its records point at its own folds: braintl follows no stored URL out of the root.
+    results = json.loads((run / "results.json").read_text().replace(source["run_url"], str(run)))
     for fold in results["models"][0]["runs"]:
         state = torch.load(fold["model_url"], weights_only=True)
         if degraded:
