@@ -88,6 +88,14 @@ def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
     return record
 
 
+def _copy_output(source: Path, target: Path) -> None:
+    """A copy of an output root whose records name the copy's files, not the source's: braintl
+    follows no stored URL out of the root a record lies in."""
+    shutil.copytree(source, target)
+    for path in [*target.rglob("*.json"), *target.rglob("*.jsonl")]:
+        path.write_text(path.read_text().replace(str(source), str(target)))
+
+
 # The small run's test set has 8 scans: there the one-sided 95% bound of an AUC difference lies
 # about 0.65 below the difference itself, so the default margin (0.02) cannot tell even AUC 0.81
 # from 0.19 apart, and keeping the champion would be the right call. These tests check the
@@ -180,7 +188,7 @@ def test_a_worse_candidate_keeps_the_champion_and_predict_uses_it(contest, retra
 
 def test_rollback_and_forced_promotion_are_recorded(contest, tmp_path, capsys):
     out = str(tmp_path / "out")
-    shutil.copytree(contest.out, out)  # the contest's output stays as the other tests saw it
+    _copy_output(contest.out, out)  # the contest's output stays as the other tests saw it
 
     assert main(["model", "rollback", "--out", out, "--reason", "good misbehaves"]) == 0
     assert "rolled back: champion run-weak" in capsys.readouterr().out
@@ -221,7 +229,7 @@ def test_a_retried_challenge_records_its_promotion_once_and_the_report_keeps_it(
     retry records that promotion without a second history entry; a re-rendered report keeps
     the decision."""
     out = str(tmp_path / "out")
-    shutil.copytree(contest.out, out)
+    _copy_output(contest.out, out)
     good = resolve(out).join("runs", "run-good")
     recorded = good.join("challenge.json").read_json()
     good.fs.rm(good.join("challenge.json").path)
@@ -242,7 +250,7 @@ def test_a_run_that_lost_its_lease_moves_no_champion(contest, retrained, tmp_pat
     while it was being scored: the challenge fails naming the lost lease, and the champion,
     its history and the run's record stay as they were."""
     out = tmp_path / "out"
-    shutil.copytree(contest.out, out)
+    _copy_output(contest.out, out)
     run_url = _candidate(retrained.record, out, "run-taken-over", degraded=False)["run_url"]
     before = [(out / name).read_text() for name in ("champion.json", "champions.jsonl")]
     with leased(run_url, owner="this-run"):
