@@ -88,10 +88,10 @@ def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
     return record
 
 
-def _copy_output(source: Path, target: Path) -> None:
+def _copy_output(source: Path, target: Path | str) -> None:
     """A copy of an output root whose records name the copy's files, not the source's: braintl
     follows no stored URL out of the root a record lies in."""
-    shutil.copytree(source, target)
+    source, target = Path(source), Path(shutil.copytree(source, target))
     for path in [*target.rglob("*.json"), *target.rglob("*.jsonl")]:
         path.write_text(path.read_text().replace(str(source), str(target)))
 
