@@ -70,10 +70,16 @@ def _candidate(source: dict, out: Path, run_id: str, degraded: bool) -> dict:
         run,
         ignore=shutil.ignore_patterns("model", "challenge.json", "_COMPLETE.json"),
     )
-    config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "run_id": run_id}))
-    # Its records point at its own folds: braintl follows no stored URL out of the root.
-    results = json.loads((run / "results.json").read_text().replace(source["run_url"], str(run)))
+    # Its records name its own folds and tensors: braintl follows no stored URL out of the root.
+    root = Path(source["run_url"]).parents[1]
+    shutil.copytree(root / "cache", out / "cache", dirs_exist_ok=True)
+
+    def moved(name: str) -> dict:
+        text = (run / name).read_text().replace(source["run_url"], str(run))
+        return json.loads(text.replace(str(root), str(out)))
+
+    (run / "config.json").write_text(json.dumps({**moved("config.json"), "run_id": run_id}))
+    results = moved("results.json")
     for fold in results["models"][0]["runs"]:
         state = torch.load(fold["model_url"], weights_only=True)
         if degraded:
@@ -206,7 +212,8 @@ def test_rollback_and_forced_promotion_are_recorded(contest, tmp_path, capsys):
         "forced",
         "audit",
     )
-    assert forced["evidence"] == contest.decisions["worse"]["evidence"]  # the rule's verdict kept
+    verdict = json.dumps(contest.decisions["worse"]["evidence"]).replace(str(contest.out), out)
+    assert forced["evidence"] == json.loads(verdict)  # the rule's verdict kept
     assert main(["model", "status", "--out", out, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["champion"] == forced
