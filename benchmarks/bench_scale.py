@@ -2,7 +2,8 @@
 
 Three layers, timed apart for N = 10, 100, ... (``--n``):
 - **Tune**: a sweep of N trials of a trainable that only reports once (no compute), through
-  Ray Tune as braintl runs it (reused actors, ``max_concurrent`` trials at once);
+  Ray Tune as braintl runs it (reused actors, ``max_concurrent`` trials at once, braintl's trial
+  table kept current by its callback);
 - **Ray**: N Ray tasks that each write a small JSON record (what a fold returns), all submitted
   at once and gathered;
 - **Prefect**: one flow submitting N tasks that each write their record (ThreadPoolTaskRunner,
@@ -39,18 +40,25 @@ def tune_layer(n: int, concurrency: int, storage: str) -> float:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    def trainable(config: dict) -> None:
-        tune.report({"val_auc": config["x"]})
+    from braintl.storage import resolve
+    from braintl.trialtable import TrialTable
+    from braintl.tuning import _TableWriter
 
+    def trainable(config: dict) -> None:
+        tune.report({"val_auc": 0.5, "epoch": 1})
+
+    plan = {f"t{i:04d}": {"model": "scratch_cnn/full"} for i in range(n)}
+    table = _TableWriter(TrialTable.new(plan), resolve(storage).join(f"scale-{n}.json"), None)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 2 / concurrency}),
-        param_space={"x": tune.uniform(0, 1)},
+        param_space={"trial": tune.grid_search(list(plan))},
         tune_config=tune.TuneConfig(
-            num_samples=n,
             search_alg=BasicVariantGenerator(random_state=0, max_concurrent=concurrency),
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name=f"scale-{n}", storage_path=storage, verbose=0),
+        run_config=tune.RunConfig(
+            name=f"scale-{n}", storage_path=storage, verbose=0, callbacks=[table]
+        ),
     )
     started = time.perf_counter()
     grid = tuner.fit()

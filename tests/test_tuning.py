@@ -260,3 +260,35 @@ def test_a_table_braintl_did_not_write_is_ignored(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert trialtable.read(table) is None
     assert "not a braintl trial table" in caplog.text and "starts over" in caplog.text
+
+
+def test_trial_table_saves_progress_at_most_once_per_interval_and_ends_at_once(tmp_path):
+    """The table is rewritten whole; saving it at every epoch report made a sweep's writes
+    grow with trials²: reports are held back up to the interval, ends are never held back."""
+    from types import SimpleNamespace
+
+    from braintl.tuning import _TableWriter
+
+    where = resolve(str(tmp_path / "sweep-trials.json"))
+    table = TrialTable.new({"a": {"model": "scratch_cnn/full"}, "b": {"model": "vgg16/frozen"}})
+    writer = _TableWriter(table, where, notify=None, interval_s=0.3)
+    a, b = (SimpleNamespace(config={"trial": t}) for t in "ab")
+
+    def saved() -> TrialTable:
+        return trialtable.read(where)
+
+    writer.on_trial_start(0, [], a)  # the first event is saved
+    writer.on_trial_start(0, [], b)
+    writer.on_trial_result(0, [], a, {"epoch": 1, "val_auc": 0.6})
+    writer.on_step_end(0, [])
+    assert saved().trials["b"].status == "pending" and saved().trials["a"].reports == []
+
+    time.sleep(0.35)
+    writer.on_step_end(0, [])  # held-back progress goes out once the interval has passed
+    assert saved().trials["b"].status == "running"
+    assert [r.epoch for r in saved().trials["a"].reports] == [1]
+
+    writer.on_trial_result(0, [], b, {"epoch": 1, "val_auc": 0.7})
+    writer.on_trial_complete(0, [], a)  # an end is saved at once, with what was held back
+    assert saved().trials["a"].status == "finished"
+    assert [r.epoch for r in saved().trials["b"].reports] == [1]
