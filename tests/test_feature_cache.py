@@ -32,6 +32,8 @@ from tolerances import logit_tolerance
 from braintl.data.tensors import TensorSet
 from braintl.models import create_model, list_models
 from braintl.models.calibrate import calibrate_batchnorm
+from braintl.models.factory import feature_shape
+from braintl.models.registry import get_entry
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
 from braintl.training.inference import EVAL_BATCH_SIZE, predict_logits
@@ -158,6 +160,9 @@ def test_blocks_in_order_are_the_backbone(name):
             # The cut changes tensor layouts and with them oneDNN's summation order.
             tol = logit_tolerance(model, images)
             torch.testing.assert_close(cut, whole, rtol=0, atol=tol, msg=f"cut at {start}")
+        # The feature cache sizes a whole-backbone prefix from the meta-device dry run.
+        whole_prefix = model.prefix(images, len(model.spec.blocks))
+        assert tuple(whole_prefix.shape[1:]) == feature_shape(get_entry(name), 32)
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "finetune"])

@@ -126,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
         callback=progress,
         checkpoint_url=out.join("checkpoint.pt").url,
     )
-    evaluation = evaluate_split(result.model, tensors, val_idx)
+    evaluation = evaluate_split(result.model, tensors, val_idx, prefix=result.prefix)
     metrics = json_safe(
         {
             **result.to_dict(),

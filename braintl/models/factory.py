@@ -16,7 +16,7 @@ from braintl.models.weights import WeightsError, load_state_dict, read_state_dic
 
 
 @functools.lru_cache(maxsize=64)
-def _feature_shape(entry: Entry, image_size: int) -> tuple[int, int, int]:
+def feature_shape(entry: Entry, image_size: int) -> tuple[int, int, int]:
     """(C, h, w) of the backbone's output, from a dry run on the meta device: no memory, no
     arithmetic, so even VGG-16 at 224 px costs little, and once per process (a sweep builds
     the same model for every trial and fold)."""
@@ -58,8 +58,8 @@ def create_model(
         )
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise UserError(f"image_size must be a positive integer, got {image_size!r}")
-    feature_shape = _feature_shape(entry, image_size)
-    head_module = build_head(head, feature_shape, head_units, dropout)
+    features = feature_shape(entry, image_size)
+    head_module = build_head(head, features, head_units, dropout)
     if weights == "imagenet" and entry.spec.pretrained is None:
         raise WeightsError(
             f"{name} has no ImageNet weights: use weights='none' or a URL of a saved state dict"

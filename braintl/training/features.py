@@ -35,7 +35,9 @@ from torch import nn
 
 from braintl.data.tensors import TensorSet
 from braintl.models import BrainTLModel, StrategyPlan
+from braintl.models.factory import feature_shape
 from braintl.models.model import at_least_float32
+from braintl.models.registry import get_entry
 from braintl.storage import Location, resolve
 from braintl.training.device import BatchSource, autocast, to_device
 from braintl.training.inference import EVAL_BATCH_SIZE, predict_logits
@@ -144,6 +146,8 @@ def _cache_dtype(model: BrainTLModel) -> np.dtype:
 def _activation_shape(
     model: BrainTLModel, start: int, images: np.ndarray, device: torch.device
 ) -> tuple[int, ...]:
+    if start == len(model.spec.blocks):  # the whole backbone: known without running it
+        return feature_shape(get_entry(model.spec.name), images.shape[-1])
     one = _compute(model, start, images[:1], None, device)
     return tuple(one.shape[1:])
 
