@@ -156,7 +156,8 @@ def test_a_first_run_is_quiet_and_ends_with_the_report(tmp_path):
         assert alarming not in output, output[-4000:]
     assert "| INFO    | Task run" not in output and "\r" not in output and "\x1b" not in output
     shown = [line.split("] ", 1)[1] for line in done.stderr.splitlines() if line.startswith("[")]
-    assert shown[0] == "trials random-init: 0/1" and "trials random-init: 1/1" in shown
+    assert shown[0].startswith("new run ") and "/braintl-runs/runs/" in shown[0]  # which run
+    assert shown[1] == "trials random-init: 0/1" and "trials random-init: 1/1" in shown
     assert shown[-1] == "folds: 2/2", done.stderr[-4000:]
     first, last = done.stdout.splitlines()[0], done.stdout.strip().splitlines()[-1]
     assert first.startswith("braintl run: synthetic phantoms → braintl-runs, profile quick")
