@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from machine import describe
 
 DEFAULT_OUT = Path(__file__).parent / "scale.json"
 
@@ -122,6 +123,7 @@ def main() -> None:
 
     import ray
 
+    load_before = os.getloadavg()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory() as work:
@@ -146,7 +148,7 @@ def main() -> None:
             rows.append(row)
     result = {
         "benchmark": "bench_scale",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **describe(load_before),
         "concurrency": args.concurrency,
         "rows": rows,
     }
