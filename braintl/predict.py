@@ -10,9 +10,10 @@ storage URLs. Each is decoded by :func:`braintl.data.formats.decode_file` with t
 limits and clinical settings and preprocessed by :func:`braintl.data.preprocess.preprocess` with
 the model's settings, so the network sees the pixels the tensor cache would hold. A DICOM frame or
 NIfTI slice is one row, its file ``path#frame=N`` or ``path#slice=N`` as in the manifest, with
-the hashed SOPInstanceUID in ``instance``; such a URL asks for that image alone (the challenge
-scores held-out slices so). An image that cannot be read or decoded is reported with its reason
-and the rest go on.
+the hashed SOPInstanceUID, PatientID and StudyInstanceUID in ``instance``, ``patient`` and
+``study`` (``rollup`` gathers them per patient or study); such a URL asks for that image alone
+(the challenge scores held-out slices so). An image that cannot be read or decoded is reported
+with its reason and the rest go on.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from braintl.data.clinical import FileImages
+from braintl.data.clinical import FileImages, Identity
 from braintl.data.decode import UNREADABLE, Quarantine
 from braintl.data.formats import decode_file
 from braintl.data.listing import IGNORED_NAMES, SCAN_EXTENSIONS, is_scan
@@ -37,7 +38,7 @@ from braintl.publish import PublishedModel, load_model
 from braintl.storage import StorageError, resolve
 
 BATCH_SIZE = 32
-CSV_COLUMNS = ("file", "probability", "label", "error", "instance")
+CSV_COLUMNS = ("file", "probability", "label", "error", "instance", "patient", "study")
 FRAME = re.compile(r"#(frame|slice)=\d+$")  # what a multi-image file's records append
 
 
@@ -47,6 +48,8 @@ class Prediction:
     probability: float
     label: str  # at the model's threshold
     instance: str = ""  # a DICOM's hashed SOPInstanceUID
+    patient: str = ""  # its hashed PatientID
+    study: str = ""  # its hashed StudyInstanceUID
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,11 @@ class Predictions:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for row in self.rows:
-            writer.writerow([row.file, f"{row.probability:.6f}", row.label, "", row.instance])
+            probability = f"{row.probability:.6f}"
+            ids = [row.instance, row.patient, row.study]
+            writer.writerow([row.file, probability, row.label, "", *ids])
         for bad in self.unreadable:
-            writer.writerow([bad.file, "", "", f"{bad.reason}: {bad.detail}", ""])
+            writer.writerow([bad.file, "", "", f"{bad.reason}: {bad.detail}", "", "", ""])
         return buffer.getvalue()
 
 
@@ -143,8 +148,8 @@ def predictions_url(folder_url: str) -> str:
 
 def _load(
     url: str, published: PublishedModel, last: dict[str, FileImages | Quarantine]
-) -> list[tuple[str, np.ndarray, str]]:
-    """(row file, preprocessed pixels uint8 3×S×S, instance) of each image ``url`` names: all of
+) -> list[tuple[str, np.ndarray, Identity]]:
+    """(row file, preprocessed pixels uint8 3×S×S, identity) of each image ``url`` names: all of
     a file's, or the one frame or slice its suffix names; or Quarantine. ``last`` keeps the
     last file decoded (or its Quarantine), so the slices of a volume asked for one by one (the
     challenge's held-out images, listed in order) decode it once."""
@@ -166,7 +171,7 @@ def _load(
         (
             file_url + f.suffix,
             preprocess(f.decoded.rgb, published.preprocess),
-            images.identity.instance,
+            images.identity,
         )
         for f in frames
     ]
@@ -198,12 +203,12 @@ def predict_batches(
                 unreadable.append(Unreadable(url, exc.reason, exc.detail))
                 continue
             pixels += [image for _, image, _ in loaded]
-            files += [(file, instance) for file, _, instance in loaded]
+            files += [(file, identity) for file, _, identity in loaded]
         images = np.stack(pixels) if pixels else np.empty((0, 3, side, side), np.uint8)
         probs = published.probabilities(images) if pixels else np.empty(0)
         rows = [
-            Prediction(f, float(p), published.label(float(p)), instance)
-            for (f, instance), p in zip(files, probs, strict=True)
+            Prediction(f, float(p), published.label(float(p)), i.instance, i.patient, i.study)
+            for (f, i), p in zip(files, probs, strict=True)
         ]
         yield Batch(images, rows, unreadable)
 

@@ -88,8 +88,13 @@ class PublishedModel:
         return np.mean([predict_proba(member, images) for member in self.members], axis=0)
 
     def label(self, probability: float) -> str:
-        """The label at the model's threshold (tumor when probability >= threshold)."""
-        return POSITIVE_LABEL if probability >= self.threshold else NEGATIVE_LABEL
+        """The label at the model's threshold."""
+        return label_at(probability, self.threshold)
+
+
+def label_at(probability: float, threshold: float) -> str:
+    """Tumor when probability >= threshold."""
+    return POSITIVE_LABEL if probability >= threshold else NEGATIVE_LABEL
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from braintl import predict, publish, runlease
+from braintl import predict, publish, rollup, runlease
 from braintl.markdown import markdown_escape
 from braintl.storage import resolve
 from tasks.data import STORAGE_RETRIES
@@ -38,13 +38,19 @@ def resolve_model(spec: str, out_url: str) -> str:
 
 
 @task(name="score-images", **STORAGE_RETRIES)
-def score_images(model_url: str, data_url: str, csv_url: str) -> dict:
-    """Score every image under ``data_url`` and write the CSV; returns counts and URLs, and
-    leaves the unreadable files as an artifact."""
+def score_images(
+    model_url: str, data_url: str, csv_url: str, by: rollup.Rollup | None = None
+) -> dict:
+    """Score every image under ``data_url`` and write the CSV (and the roll-up ``by`` patient or
+    study beside it); returns counts and URLs, and leaves the unreadable files as an artifact."""
     published = publish.load_model(model_url)
     result = predict.predict(published, predict.find_images([data_url]))
     target = resolve(csv_url)
     target.write_bytes(result.to_csv().encode())
+    if by:
+        rolled = rollup.rollup(result, by)
+        rolled_url = rollup.rollup_url(csv_url, by)
+        resolve(rolled_url).write_bytes(rollup.rollup_csv(rolled, by).encode())
     tumor = sum(row.label == publish.POSITIVE_LABEL for row in result.rows)
     lines = [
         f"# Predictions for {markdown_escape(data_url)}",
@@ -54,6 +60,13 @@ def score_images(model_url: str, data_url: str, csv_url: str) -> dict:
         f"{len(result.rows)} scored ({tumor} tumor), {len(result.unreadable)} unreadable. "
         f"CSV: {markdown_escape(target.url)}",
     ]
+    if by:
+        positive = sum(r.label == publish.POSITIVE_LABEL for r in rolled)
+        lines += [
+            "",
+            f"By {by} (maximum over its images): {len(rolled)}, {positive} tumor. "
+            f"CSV: {markdown_escape(rolled_url)}",
+        ]
     lines += [
         f"- unreadable {markdown_escape(u.file)}: {markdown_escape(f'{u.reason}: {u.detail}')}"
         for u in result.unreadable
@@ -66,4 +79,4 @@ def score_images(model_url: str, data_url: str, csv_url: str) -> dict:
         "scored": len(result.rows),
         "tumor": tumor,
         "unreadable": len(result.unreadable),
-    }
+    } | ({"rollup": {"by": by, "rows": len(rolled), "csv": rolled_url}} if by else {})

@@ -176,3 +176,62 @@ def test_dicom_frames_and_nifti_slices_are_rows(retrained, tmp_path, capsys, mon
     alone = _predict_json(capsys, f"{volume}#slice=1", *model)["predictions"]
     assert [r["file"] for r in alone] == [f"{volume}#slice=1"]
     assert alone[0]["probability"] == pytest.approx(rows["vol.nii.gz#slice=1"]["probability"])
+
+
+def test_rollup_gives_each_patient_or_study_the_maximum_of_its_slices(
+    retrained, tmp_path, capsys, monkeypatch
+):
+    """Two patients' DICOM slices (one patient in two studies) and a NIfTI volume: each roll-up
+    row is the maximum of its slice rows, at the model's threshold, keyed by pseudonym (a volume
+    by its file); no identifier reaches the output, the rows or the roll-up CSV."""
+    monkeypatch.setenv(SALT_ENV, "rollup-salt")
+    pngs = (
+        sorted((retrained.data / "yes").iterdir())[:3]
+        + sorted((retrained.data / "no").iterdir())[:3]
+    )
+    grey = [np.asarray(Image.open(p).convert("L")) for p in pngs]
+    uid = "1.2.826.0.1.3680043.8.498.777"
+    studies = {"MRN-ALPHA-1": [f"{uid}.1", f"{uid}.1", f"{uid}.2"], "MRN-BRAVO-2": [f"{uid}.3"] * 3}
+    scans = tmp_path / "scans"
+    for p, (patient, study_uids) in enumerate(studies.items()):
+        for s, study in enumerate(study_uids):
+            write_dicom(
+                scans / f"p{p}-{s}.dcm",
+                grey[3 * p + s],
+                patient_id=patient,
+                patient_name="Yquem^Hortensia",
+                study_uid=study,
+                window=(127.5, 255),
+            )
+    stack = np.stack([np.flipud(g).T for g in grey[:4]], axis=-1).astype(np.int16)
+    nibabel.save(nibabel.Nifti1Image(stack, np.eye(4)), scans / "vol.nii.gz")
+    model = ["--model", retrained.record["run_url"]]
+
+    for by, sizes in (("patient", [3, 3, 4]), ("study", [2, 1, 3, 4])):
+        out_csv = tmp_path / f"{by}.csv"
+        out = _predict_json(capsys, str(scans), *model, "--rollup", by, "--out", str(out_csv))
+        rolled = out["rollup"]
+        assert rolled["by"] == by and rolled["csv"] == str(tmp_path / f"{by}.{by}.csv")
+        rolled_csv = (tmp_path / f"{by}.{by}.csv").read_text()
+        on_disk = list(csv.DictReader(io.StringIO(rolled_csv)))
+        assert [(r[by], r["slices"]) for r in on_disk] == [
+            (r[by], str(r["slices"])) for r in rolled["rows"]
+        ]
+        slices: dict[str, list[dict]] = {}
+        for row in out["predictions"]:
+            key = row[by] or row["file"].split("#")[0]
+            slices.setdefault(key, []).append(row)
+        assert [r["slices"] for r in rolled["rows"]] == sizes
+        for r in rolled["rows"]:
+            top = max(slices[r[by]], key=lambda row: row["probability"])
+            assert (r["probability"], r["top"], r["slices"]) == (
+                top["probability"],
+                top["file"],
+                len(slices[r[by]]),
+            )
+            assert r["label"] == ("tumor" if r["probability"] >= out["threshold"] else "no_tumor")
+        assert [r[by][: len(by) + 1] for r in rolled["rows"][:-1]] == [f"{by}-"] * len(sizes[:-1])
+        assert rolled["rows"][-1][by] == str(scans / "vol.nii.gz")
+        written = json.dumps(out) + out_csv.read_text() + rolled_csv
+        for secret in ("MRN-ALPHA", "MRN-BRAVO", "Yquem", "Hortensia", uid):
+            assert secret not in written

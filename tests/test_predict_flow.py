@@ -1,5 +1,5 @@
 """The predict flow scores a folder in a real S3-compatible server (moto) with the champion
-named there, and writes the CSV beside the folder."""
+named there, and writes the CSV (and the roll-up per patient) beside the folder."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def test_predict_flow_scores_a_bucket_folder_with_the_champion(retrained, s3_buc
         state = predict(
             data_url=bucket.join("incoming", "batch-1").url,
             out_url=bucket.join("braintl").url,
+            rollup="patient",
             return_state=True,
         )
     assert state.is_completed(), state.message
@@ -68,3 +69,10 @@ def test_predict_flow_scores_a_bucket_folder_with_the_champion(retrained, s3_buc
         row = rows[expected.file.rsplit("/", 1)[-1]]
         assert float(row["probability"]) == pytest.approx(expected.probability, abs=tol)
         assert row["label"] == expected.label
+    # Images without a patient (PNGs) roll up to themselves: the roll-up repeats the rows.
+    rolled_csv = bucket.join("incoming", "batch-1.predictions.patient.csv")
+    assert summary["rollup"] == {"by": "patient", "rows": 4, "csv": rolled_csv.url}
+    rolled = list(csv.DictReader(io.StringIO(rolled_csv.read_bytes().decode())))
+    assert {(r["patient"], r["probability"], r["slices"]) for r in rolled} == {
+        (r["file"], r["probability"], "1") for r in rows.values() if r["probability"]
+    }

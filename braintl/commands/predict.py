@@ -1,4 +1,5 @@
-"""``braintl predict``: a published model applied to new scans, one row per image."""
+"""``braintl predict``: a published model applied to new scans, one row per image (and, on
+request, per patient or study)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from braintl.commands.output import OUT_HELP, default_out, print_json, table
 from braintl.errors import UserError
 from braintl.predict import BATCH_SIZE, Batch, find_images, predict
 from braintl.publish import load_model, resolve_model_url
+from braintl.rollup import ROLLUPS, rollup, rollup_csv, rollup_json, rollup_url
 from braintl.storage import Location, resolve
 
 PROGRESS_FROM = 64  # images; fewer finish before a progress bar would help
@@ -38,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", metavar="URL", help="write the rows as CSV here (local or s3://)")
     p.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay PNG per image here")
+    p.add_argument(
+        "--rollup",
+        choices=ROLLUPS,
+        help="also one row per patient (or study) of DICOM files: the maximum probability over "
+        "its images (a file without the tag, e.g. a NIfTI volume, is its own); with --out "
+        "written to OUT's name with .patient.csv (or .study.csv)",
+    )
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run_predict)
@@ -60,10 +69,17 @@ def run_predict(args: argparse.Namespace) -> int:
             bar.update(len(batch.predictions) + len(batch.unreadable))
 
         result = predict(published, urls, args.batch_size, on_batch)
+    rolled = rollup(result, args.rollup) if args.rollup else None
+    rolled_url = rollup_url(args.out, args.rollup) if args.out and args.rollup else None
     if args.out:
         resolve(args.out).write_bytes(result.to_csv().encode())
+    if rolled_url:
+        resolve(rolled_url).write_bytes(rollup_csv(rolled, args.rollup).encode())
     if args.json:
         extra = {"csv": resolve(args.out).url if args.out else None}
+        if rolled is not None:
+            extra["rollup"] = {"by": args.rollup, "csv": rolled_url}
+            extra["rollup"]["rows"] = rollup_json(rolled, args.rollup)
         print_json(result.to_json() | extra | {"gradcam": overlays.urls if overlays else {}})
         return 0
     rows = [(r.file, r.probability, r.label) for r in result.rows]
@@ -73,10 +89,15 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     if rows:
         print(table(("file", "probability", "label"), rows))
+    if rolled:
+        print(f"by {args.rollup} (maximum over its images):")
+        columns = (args.rollup, "probability", "label", "slices", "top")
+        print(table(columns, [(r.key, r.probability, r.label, r.slices, r.top) for r in rolled]))
     for bad in result.unreadable:
         print(f"unreadable: {bad.file}: {bad.reason}: {bad.detail}")
     print(f"{len(result.rows)} scored, {len(result.unreadable)} unreadable", end="")
-    print(f"; CSV: {resolve(args.out).url}" if args.out else "")
+    print(f"; CSV: {resolve(args.out).url}" if args.out else "", end="")
+    print(f", by {args.rollup}: {rolled_url}" if rolled_url else "")
     return 0
 
 
