@@ -4,13 +4,12 @@
 Whoever may start a deployment chooses its URLs, and the run uses the worker's credentials:
 without this check a run form could point ``out_url`` at another team's bucket, or
 ``data_url`` at the worker's own files. The variable lives on the Prefect server, so the
-operator sets it once for every deployment; unset, nothing is confined (a local ``braintl
-run``) and a deployment's run says so in its log.
+operator sets it once for every deployment (``deployments/apply.py`` does). A deployment's run
+refuses to start while it is unset; a local ``braintl run`` (no deployment) is not confined.
 """
 
 from __future__ import annotations
 
-from prefect.logging import get_run_logger
 from prefect.runtime import deployment
 from prefect.variables import Variable
 
@@ -18,6 +17,11 @@ from braintl.errors import UserError
 from braintl.urls import outside_roots
 
 VARIABLE = "braintl_allowed_roots"
+HOW_TO_SET = (
+    f'prefect variable set {VARIABLE} \'["s3://scans", "s3://braintl"]\' (your buckets), or '
+    "python deployments/apply.py, which sets it from the data and output URLs it deploys "
+    "(--allowed-roots to choose them)"
+)
 
 
 def allowed_roots() -> list[str] | None:
@@ -28,20 +32,21 @@ def allowed_roots() -> list[str] | None:
     roots = value.split(",") if isinstance(value, str) else value
     if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
         raise UserError(
-            f"the Prefect variable {VARIABLE} holds {value!r}: set it to a JSON list of URLs, "
-            f'e.g. prefect variable set {VARIABLE} \'["s3://scans", "s3://braintl"]\''
+            f"the Prefect variable {VARIABLE} holds {value!r}: set it to a JSON "
+            f"list of URLs: {HOW_TO_SET}"
         )
     return [r.strip() for r in roots if r.strip()]
 
 
 def confine(**urls: str | None) -> None:
-    """Refuse the run when any of ``urls`` lies outside the allowed roots, before any work."""
+    """Refuse the run when any of ``urls`` lies outside the allowed roots, before any work; a
+    deployment's run also when no roots are set (it would be confined by nothing)."""
     roots = allowed_roots()
     if roots is None:
         if deployment.id:
-            get_run_logger().warning(
-                "the Prefect variable %s is unset: this deployment's URLs are not confined",
-                VARIABLE,
+            raise UserError(
+                f"the Prefect variable {VARIABLE} is unset, so this deployment's URLs would not "
+                f"be confined: refused. Set it to the roots its runs may use: {HOW_TO_SET}."
             )
         return
     problems = outside_roots(urls, roots, f"the Prefect variable {VARIABLE}")

@@ -71,8 +71,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @dataclass
 class PrefectStack:
-    """What the tests talk to: the server's API and UI, its clients' environment, and where the
-    runs write."""
+    """What the tests talk to: the server's API and UI, its clients' environment, where the
+    runs write, and the local folder deployed runs may read scans from (with ``out_url``, the
+    roots apply.py allows)."""
 
     api_url: str
     env: dict[str, str]
@@ -80,6 +81,7 @@ class PrefectStack:
     out_url: str
     ray_token: str
     logs: Path
+    data_root: str
 
 
 def _set_variables(api_url: str, values: dict) -> None:
@@ -135,6 +137,7 @@ def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
     out_url = f"s3://{bucket}"
     ray_token = secrets.token_hex(32)
     logs = home / "logs"
+    data_root = str(home / "scans")
     with start_prefect_server(home) as env:
         api_url = env["PREFECT_API_URL"]
         _set_variables(
@@ -144,7 +147,7 @@ def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
                 "braintl_timezone": TIMEZONE,
                 "braintl_nightly": {**TINY, "out_url": out_url},
                 "braintl_adhoc": {**TINY, "out_url": out_url},
-                "braintl_data_url": "s3://braintl-scans/brain_mri",
+                "braintl_data_url": data_root,
                 "braintl_out_url": out_url,
                 "braintl_ray_address": "http://braintl-ray-head:8265",
                 "braintl_alert_webhook": alert_webhook,
@@ -169,7 +172,9 @@ def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
                 stderr=subprocess.STDOUT,
             )
         try:
-            yield PrefectStack(api_url, env, api_url.removesuffix("/api"), out_url, ray_token, logs)
+            yield PrefectStack(
+                api_url, env, api_url.removesuffix("/api"), out_url, ray_token, logs, data_root
+            )
         finally:
             _stop(worker)
 

@@ -34,9 +34,9 @@ AUTOMATIONS = ("braintl-nightly-failed", "braintl-champion-kept")
 
 
 @pytest.mark.slow
-def test_a_failed_nightly_run_posts_its_run_and_failure(prefect_stack, alert_webhook, tmp_path):
+def test_a_failed_nightly_run_posts_its_run_and_failure(prefect_stack, alert_webhook):
     """A night whose data has one label only fails in prepare with a UserError."""
-    data = write_phantom_dataset(str(tmp_path / "one-label"), {"yes": 6}, size=64)
+    data = write_phantom_dataset(f"{prefect_stack.data_root}/one-label", {"yes": 6}, size=64)
     params = {**TINY, "data_url": data, "out_url": f"{prefect_stack.out_url}/one-label"}
     with api_client(prefect_stack.api_url) as client:
         nightly = client.read_deployment_by_name("retrain/nightly-retrain")

@@ -1,26 +1,30 @@
 """The deployments of ``deployments/prefect.yaml`` on a real Prefect server with a real process
 worker: an ad-hoc run triggered through the API as the UI does, its results in a real S3 server
 and its champion event on the server; the nightly schedule read back, its concurrency limit
-keeping two nights apart, and the output's limit keeping a nightly and an ad-hoc run on one
-output apart."""
+keeping two nights apart, the output's limit keeping a nightly and an ad-hoc run on one
+output apart, and deployed runs confined to the roots apply.py sets (refused when unset)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect_services import (
+    APPLY,
     REPO,
     TIMEZONE,
     TINY,
     api_client,
+    apply_deployments,
     wait_for_events,
     wait_for_final_state,
 )
 
 from braintl.storage import resolve
+from flows.roots import VARIABLE as ROOTS
 
 
 @pytest.mark.slow
@@ -105,3 +109,40 @@ def test_gpu_work_pool_templates_are_accepted_by_the_server(prefect_stack, kind)
     gpus = {"kubernetes": "gpu_limit", "docker": "gpu_count"}[kind]
     assert gpus in pool.base_job_template["variables"]["properties"]
     assert "{{ " + gpus + " }}" in json.dumps(pool.base_job_template["job_configuration"])
+
+
+def test_apply_sets_the_allowed_roots_and_a_deployed_run_without_them_refuses_to_start(
+    prefect_stack,
+):
+    """apply.py (run by the stack) set ``braintl_allowed_roots`` to the folders or buckets of
+    the URLs it deployed; with the variable deleted, a deployment's run fails before any work,
+    naming the variable and how to set it; applying again sets it back; a chosen list
+    (``--allowed-roots``) replaces it and is kept."""
+    deployed = [prefect_stack.data_root, prefect_stack.out_url]  # braintl_data_url, out_url
+    out = resolve(f"{prefect_stack.out_url}/unconfined")
+    with api_client(prefect_stack.api_url) as client:
+        assert client.read_variable_by_name(ROOTS).value == deployed
+        client.delete_variable_by_name(ROOTS)
+        try:
+            adhoc = client.read_deployment_by_name("retrain/adhoc-retrain")
+            params = {**TINY, "out_url": out.url}
+            run = client.create_flow_run_from_deployment(adhoc.id, parameters={"params": params})
+            final = wait_for_final_state(run.id, prefect_stack)
+        finally:
+            apply_deployments(prefect_stack.env)
+        assert client.read_variable_by_name(ROOTS).value == deployed
+    assert final.state.is_failed(), final.state
+    message = final.state.message
+    assert f"the Prefect variable {ROOTS} is unset" in message, message
+    assert f"prefect variable set {ROOTS}" in message and "deployments/apply.py" in message
+    assert not out.exists()  # refused before any work
+    apply = importlib.util.spec_from_file_location("apply", APPLY)
+    script = importlib.util.module_from_spec(apply)
+    apply.loader.exec_module(script)
+    with api_client(prefect_stack.api_url) as client:
+        try:  # `apply.py --allowed-roots URL ...` (without redeploying: one apply is enough)
+            assert script.set_allowed_roots([prefect_stack.out_url]) == [prefect_stack.out_url]
+            assert client.read_variable_by_name(ROOTS).value == [prefect_stack.out_url]
+            assert script.set_allowed_roots(None) == [prefect_stack.out_url]  # a set one is kept
+        finally:
+            script.set_allowed_roots(deployed)

@@ -191,7 +191,8 @@ def test_run_options_override_the_profile():
 def test_flows_keep_their_urls_under_the_allowed_roots(tmp_path):
     """With ``braintl_allowed_roots`` set on the (real, temporary) Prefect server, a flow run
     whose URLs leave those roots fails before any work, naming the parameter and the
-    variable; one whose URLs stay inside gets past the check."""
+    variable; one whose URLs stay inside gets past the check, and so does any when the variable
+    is unset and the run has no deployment."""
     allowed = tmp_path / "allowed"
     Variable.set(VARIABLE, [str(allowed)], overwrite=True)
     try:
@@ -207,3 +208,7 @@ def test_flows_keep_their_urls_under_the_allowed_roots(tmp_path):
             predict(data_url=str(allowed / "scans"), out_url=str(allowed / "runs"))
     finally:
         Variable.unset(VARIABLE)
+    # Unset, a run without a deployment (``braintl run``) is not confined; a deployment's run
+    # refuses to start (tests/test_deployments.py).
+    with pytest.raises(UserError, match="no champion yet"):
+        predict(data_url=str(tmp_path / "scans"), out_url=str(tmp_path / "runs"))

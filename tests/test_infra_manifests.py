@@ -5,9 +5,13 @@ opted in, placeholder secrets refused, least-privilege pods and network policies
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +180,7 @@ def test_kubernetes_pool_requests_gpus_and_reads_secrets_from_a_secret():
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
     assert container["envFrom"] == [{"secretRef": {"name": "{{ env_secret }}"}}]
+    assert _env(container) == {"PREFECT_API_AUTH_STRING": AUTH_REF}
     assert template["variables"]["properties"]["gpu_limit"]["default"] >= 1
     assert _pinned(template["variables"]["properties"]["image"]["default"])
 
@@ -414,38 +419,161 @@ def test_network_policies_let_only_the_worker_and_flows_reach_prefect_and_flows_
     assert reach(FLOW_ROLE, outsider) == set()
 
 
-def test_docker_pool_fixes_privileged_and_volumes_and_limits_memory():
+# Every field of prefect-docker's DockerWorkerJobConfiguration (and the base job's): those a
+# deployment may set are harmless to the host; the rest are fixed in the template.
+DOCKER_SETTABLE = {"command", "env", "labels", "name", "image", "registry_credentials"}
+DOCKER_SETTABLE |= {"image_pull_policy", "auto_remove", "stream_output", "container_wait_timeout"}
+DOCKER_SETTABLE |= {"mem_limit", "memswap_limit", "gpu_count"}
+DOCKER_FIXED = {
+    "privileged": False,
+    "volumes": [],
+    "networks": ["braintl_default"],  # the Compose network, never the host's
+    "network_mode": None,
+}
+CONTAINMENT = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges:true"],
+    "pids_limit": 4096,
+    "shm_size": "8g",
+}
+
+
+def test_docker_pool_fixes_every_escape_hatch_and_limits_memory():
     template = json.loads((POOLS / "docker.json").read_text())
     config, variables = template["job_configuration"], template["variables"]["properties"]
-    assert config["privileged"] is False and config["volumes"] == []
-    assert not {"privileged", "volumes"} & set(variables)  # no deployment can set them
+    assert {key: config[key] for key in DOCKER_FIXED} == DOCKER_FIXED
+    assert set(variables) <= DOCKER_SETTABLE, set(variables) - DOCKER_SETTABLE
+    kwargs = config["container_create_kwargs"]
+    assert {key: kwargs[key] for key in CONTAINMENT} == CONTAINMENT
+    assert set(kwargs) == {*CONTAINMENT, "device_requests"}  # no devices, cap_add, pid_mode...
     assert config["mem_limit"] == "{{ mem_limit }}" and variables["mem_limit"]["default"]
     assert variables["memswap_limit"]["default"] == variables["mem_limit"]["default"]
 
 
-@pytest.mark.parametrize(
-    ("kind", "overrides", "fixed"),
-    [
-        (
-            "docker",
-            {"privileged": True, "volumes": ["/:/host"]},
-            {"privileged": False, "volumes": []},
-        ),
-        ("kubernetes", {"service_account_name": "prefect-worker"}, {}),
-    ],
-)
-def test_job_variables_a_deployment_sets_cannot_undo_the_fixed_settings(kind, overrides, fixed):
-    """Prefect renders a job from the template's placeholders only: fixed values stay fixed."""
+HOSTILE = {  # what a deployment's job_variables would set to reach the host
+    "privileged": True,
+    "volumes": ["/:/host", "/var/run/docker.sock:/var/run/docker.sock"],
+    "network_mode": "host",
+    "networks": ["host"],
+    "container_create_kwargs": {"cap_add": ["SYS_ADMIN"], "pid_mode": "host"},
+    "cap_add": ["ALL"],
+    "devices": ["/dev/mem:/dev/mem"],
+    "pid_mode": "host",
+    "ipc_mode": "host",
+    "userns_mode": "host",
+    "security_opt": ["apparmor=unconfined", "seccomp=unconfined"],
+    "service_account_name": "prefect-worker",
+    "host_network": True,
+    "job_manifest": {"spec": {"template": {"spec": {"hostPID": True}}}},
+}
+
+
+@pytest.mark.parametrize("kind", ["docker", "kubernetes"])
+def test_hostile_job_variables_are_contained(kind):
+    """Prefect renders a job from the template's placeholders only (the worker's
+    ``from_template_and_values``): variables the template does not declare are never read, so
+    a deployment's job variables cannot undo what the template fixes."""
     from prefect.utilities.templating import apply_values
     from prefect.workers.base import BaseJobConfiguration
 
     template = json.loads((POOLS / f"{kind}.json").read_text())
     defaults = BaseJobConfiguration._get_base_config_defaults(template["variables"]["properties"])
-    job = apply_values(template["job_configuration"], defaults | overrides)
-    assert {key: job[key] for key in fixed} == fixed
+    job = apply_values(template["job_configuration"], defaults | HOSTILE)
+    assert job == apply_values(template["job_configuration"], defaults)  # nothing changed
     if kind == "docker":
+        assert {key: job[key] for key in DOCKER_FIXED} == DOCKER_FIXED
+        assert job["container_create_kwargs"]["cap_drop"] == ["ALL"]
         assert job["mem_limit"] == "32g"
     else:
         pod = job["job_manifest"]["spec"]["template"]["spec"]
-        assert pod["serviceAccountName"] == "braintl-flow"
+        assert pod["serviceAccountName"] == "braintl-flow" and "hostPID" not in pod
         assert pod["containers"][0]["resources"]["limits"]["memory"] == "32Gi"
+
+
+AUTH_REF = {"secretKeyRef": {"name": "prefect-auth", "key": "auth-string"}}
+
+
+def test_flow_run_jobs_take_the_api_auth_string_from_a_secret_never_as_a_value():
+    """The worker hands its own settings to each job (``_base_environment``): the Kubernetes
+    template unsets its auth string there (env null, which Prefect drops) and names the
+    Secret instead, so the Job object (readable by whoever may list Jobs) holds no copy."""
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+    from prefect.utilities.templating import apply_values
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads((POOLS / "kubernetes.json").read_text())
+    assert "env" not in template["variables"]["properties"]  # no deployment sets it
+    defaults = BaseJobConfiguration._get_base_config_defaults(template["variables"]["properties"])
+    job = apply_values(template["job_configuration"], defaults)
+    (container,) = job["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    assert _env(container) == {"PREFECT_API_AUTH_STRING": AUTH_REF}
+    secret = "admin:" + "5ecret" * 6
+    with temporary_settings({PREFECT_API_AUTH_STRING: secret}):
+        configs = [BaseJobConfiguration(env=env) for env in (job["env"], {})]
+        for config in configs:
+            config.prepare_for_flow_run(FlowRun(flow_id=uuid4(), name="a-run"))
+    ours, without_the_null = (config.env for config in configs)
+    assert without_the_null["PREFECT_API_AUTH_STRING"] == secret  # the leak it prevents
+    assert "PREFECT_API_AUTH_STRING" not in ours  # what the Job's env list gets
+    assert secret not in json.dumps([ours, job])
+
+
+# Base images pinned by digest (issue 17, item 1): mechanically, where a registry is reachable --
+
+
+def _pin_images():
+    spec = importlib.util.spec_from_file_location("pin_images", INFRA / "pin_images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_image_is_pinned_by_digest_or_listed_as_digest_pending():
+    pin = _pin_images()
+    refs = {ref for found in pin.references().values() for ref in found}
+    assert len(refs) >= 8  # every manifest was read
+    tag_only = {ref for ref in refs if not pin.DIGEST.search(ref)}
+    assert tag_only == pin.pending(), "list a tag-only image in infra/digest-pending.txt"
+    for ref in refs - tag_only:
+        assert re.fullmatch(r"[^@\s]+:[^:@/\s]+@sha256:[0-9a-f]{64}", ref), ref
+
+
+def test_pin_images_writes_each_digest_into_the_manifests(tmp_path):
+    """On a copy of the manifests, with a stand-in ``crane`` answering as a registry would
+    (braintl's own image is not pushed: it stays pending)."""
+    for folder in ("infra", "deployments/work-pools"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "crane").write_text(
+        '#!/bin/sh\ncase "$2" in braintl:*|registry.example.com/*) exit 1;; esac\n'
+        'printf "sha256:%s\\n" "$(printf %s "$2" | sha256sum | cut -c1-64)"\n'
+    )
+    (bin_dir / "crane").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    script = [sys.executable, str(tmp_path / "infra" / "pin_images.py"), "--root", str(tmp_path)]
+    done = subprocess.run(script, env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr  # the unpushed own image is reported
+    assert "not resolved: braintl:0.1.0" in done.stderr
+    pin = _pin_images()
+    own = {"braintl:0.1.0", "registry.example.com/braintl:0.1.0", "<chart default>:17.6.0"}
+    assert pin.pending(tmp_path) == own
+    pinned = 0
+    for refs in pin.references(tmp_path).values():
+        for ref in refs:
+            if ref in own:
+                continue
+            name_tag, digest = ref.split("@")
+            expected = hashlib.sha256(name_tag.encode()).hexdigest()
+            assert digest == f"sha256:{expected}", ref
+            pinned += 1
+    assert pinned >= 6
+    assert (
+        "ARG CUDA_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04@sha256:"
+        in (tmp_path / "infra" / "Dockerfile").read_text()
+    )
+    again = subprocess.run(script, env=env, capture_output=True, text=True)
+    assert "pinned" not in again.stdout  # nothing left to pin but the own image
