@@ -2,16 +2,21 @@
 
 Three layers, timed apart for N = 10, 100, ... (``--n``):
 - **Tune**: a sweep of N trials of a trainable that only reports once (no compute), through
-  Ray Tune as braintl runs it (reused actors, ``max_concurrent`` trials at once, braintl's trial
-  table kept current by its callback);
+  braintl's own Tune run (ASHA, reused actors, ``--concurrency`` trials at once, the trial table
+  kept current by its callback), twice: with Tune's own per-trial logs and experiment snapshots
+  (Tune's default) and without them (braintl's setting), for the ratio;
 - **Ray**: N Ray tasks that each write a small JSON record (what a fold returns), all submitted
   at once and gathered;
 - **Prefect**: one flow submitting N tasks that each write their record (ThreadPoolTaskRunner,
-  as the retrain flow's folds), against Prefect's temporary server unless PREFECT_API_URL is set.
+  as the retrain flow's folds), against Prefect's temporary server (SQLite in its own home).
 
-Per-item overhead is wall time / N (the work itself is ~0). Ray's object-store peak is sampled
-while the Ray layer runs. The load average goes into the result: on a shared machine it moves
-the figures.
+Per-item overhead is wall time / N (the work itself is ~0). Ray's object-store peak (bytes in
+every node's store, from the raylet's store stats) is sampled while the Tune and Ray layers
+run. For Prefect: the HTTP requests this process sent to its API (counted at httpx's ``send``,
+which every Prefect client goes through), the events the server stored (task runs report their
+states as events, over one websocket, not as requests) and the growth of its SQLite database
+(rows and bytes). The load average goes into the result: on a shared machine it moves the
+figures.
 
     python benchmarks/bench_scale.py --n 10 100 500
 """
@@ -21,14 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import sqlite3
 import tempfile
 import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from machine import describe
 
 DEFAULT_OUT = Path(__file__).parent / "scale.json"
+GOAL_TUNE_PER_TRIAL_S = 0.3  # Tune + Ray at 500 trials on this 2-core machine (issue 16)
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TUNE_DEFAULTS = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0", "TUNE_GLOBAL_CHECKPOINT_S": "auto"}
 
 
 def _record(folder: str, i: int) -> dict:
@@ -37,63 +49,125 @@ def _record(folder: str, i: int) -> dict:
     return record
 
 
-def tune_layer(n: int, concurrency: int, storage: str) -> float:
+def tune_layer(n: int, concurrency: int, storage: str, tune_records: bool) -> float:
+    """N report-only trials through braintl's own Tune run (``tuning._fit``: ASHA, reused
+    actors, ``concurrency`` at once, the trial table kept current); with ``tune_records`` Tune
+    keeps its own records as it does by default (braintl turns them off)."""
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
+    from braintl import tuning
     from braintl.storage import resolve
     from braintl.trialtable import TrialTable
-    from braintl.tuning import _TableWriter
 
     def trainable(config: dict) -> None:
         tune.report({"val_auc": 0.5, "epoch": 1})
 
-    plan = {f"t{i:04d}": {"model": "scratch_cnn/full"} for i in range(n)}
-    table = _TableWriter(TrialTable.new(plan), resolve(storage).join(f"scale-{n}.json"), None)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 2 / concurrency}),
-        param_space={"trial": tune.grid_search(list(plan))},
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(random_state=0, max_concurrent=concurrency),
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"scale-{n}", storage_path=storage, verbose=0, callbacks=[table]
-        ),
-    )
+    for variable in tuning.TUNE_RECORDS_OFF:
+        if tune_records:
+            os.environ[variable] = TUNE_DEFAULTS[variable]
+        else:
+            os.environ.pop(variable, None)  # braintl's own values, set by _fit
+    table = TrialTable.new({f"t{i:04d}": {"model": "scratch_cnn/full"} for i in range(n)})
+    sweep = tuning.SweepConfig(max_concurrent_trials=concurrency, cpus_per_trial=2 / concurrency)
+    where = resolve(storage).join(f"scale-{n}-{tune_records}.json")
     started = time.perf_counter()
-    grid = tuner.fit()
+    tuning._fit(trainable, table, where, sweep, 1, f"scale-{n}", None, None)
     seconds = time.perf_counter() - started
-    assert len(grid) == n and not grid.errors
+    assert [t.status for t in table.trials.values()] == ["finished"] * n
     return seconds
 
 
-def ray_layer(n: int, folder: str) -> tuple[float, int]:
+def object_store_used() -> int:
+    """Bytes in the object stores of all nodes now (what `ray memory --stats-only` shows)."""
     import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-    peak = [0]
-    done = threading.Event()
+    reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+    return int(reply.store_stats.object_store_bytes_used)
+
+
+@contextmanager
+def object_store_peak(every_s: float = 0.5):
+    """Yields a one-item list that holds, on exit, the most bytes the object stores held."""
+    peak, done = [object_store_used()], threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.5):
-            used = ray.available_resources().get("object_store_memory")
-            total = ray.cluster_resources().get("object_store_memory")
-            if used is not None and total is not None:
-                peak[0] = max(peak[0], int(total - used))
+        while not done.wait(every_s):
+            peak[0] = max(peak[0], object_store_used())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], object_store_used())
+
+
+def ray_layer(n: int, folder: str) -> float:
+    import ray
+
     remote = ray.remote(num_cpus=0.5)(_record)
     started = time.perf_counter()
     records = ray.get([remote.remote(folder, i) for i in range(n)])
     seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
     assert len(records) == n
-    return seconds, peak[0]
+    return seconds
 
 
-def prefect_layer(n: int, folder: str) -> float:
+class RequestCount:
+    """HTTP requests sent through httpx in this process (Prefect's clients), by method and
+    path, while installed."""
+
+    def __init__(self):
+        self.calls: Counter[str] = Counter()
+
+    @contextmanager
+    def installed(self):
+        import httpx
+
+        originals = {cls: cls.send for cls in (httpx.Client, httpx.AsyncClient)}
+
+        def counting(original):
+            def send(client, request, *args, **kwargs):
+                self.calls[f"{request.method} {UUID.sub('{id}', request.url.path)}"] += 1
+                return original(client, request, *args, **kwargs)
+
+            return send
+
+        for cls, original in originals.items():
+            cls.send = counting(original)
+        try:
+            yield self
+        finally:
+            for cls, original in originals.items():
+                cls.send = original
+
+
+def database(path: Path) -> dict:
+    """Rows per table and bytes (the file and its write-ahead log) of Prefect's SQLite DB."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    files = [path, path.with_name(path.name + "-wal")]
+    return {"rows": rows, "bytes": sum(f.stat().st_size for f in files if f.exists())}
+
+
+def settled(path: Path, task_runs: int, timeout_s: float = 120) -> dict:
+    """The database once the server has recorded ``task_runs`` task runs (it writes them from
+    events, after the flow returns) and stopped growing."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        now = database(path)
+        if now["rows"].get("task_run", 0) >= task_runs and now == last:
+            return now
+        last = now
+        time.sleep(1)
+    raise TimeoutError(f"Prefect's server recorded {last['rows'].get('task_run')} task runs")
+
+
+def prefect_layer(n: int, folder: str, db_path: Path) -> dict:
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -105,9 +179,23 @@ def prefect_layer(n: int, folder: str) -> float:
         return len([f.result() for f in futures])
 
     many(folder, 1)  # the temporary server's start-up is not the tasks' cost
-    started = time.perf_counter()
-    assert many(folder, n) == n
-    return time.perf_counter() - started
+    before = settled(db_path, 0)
+    with RequestCount().installed() as requests:
+        started = time.perf_counter()
+        assert many(folder, n) == n
+        seconds = time.perf_counter() - started
+    after = settled(db_path, before["rows"].get("task_run", 0) + n)
+    added = {t: after["rows"][t] - before["rows"].get(t, 0) for t in after["rows"]}
+    return {
+        "prefect_s": round(seconds, 2),
+        "prefect_per_task_s": round(seconds / n, 4),
+        "prefect_api_requests": sum(requests.calls.values()),
+        "prefect_api_requests_by_path": dict(requests.calls.most_common(8)),
+        "prefect_events_stored": added.get("events", 0),
+        "prefect_db_rows_added": {t: k for t, k in sorted(added.items()) if k},
+        "prefect_db_bytes_added": after["bytes"] - before["bytes"],
+        "prefect_db_bytes_per_task": round((after["bytes"] - before["bytes"]) / n),
+    }
 
 
 def main() -> None:
@@ -118,7 +206,10 @@ def main() -> None:
     args = parser.parse_args()
     # Prefect's temporary server in a home of its own (not ~/.prefect), given time to start on
     # a loaded machine.
-    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-scale-prefect-"))
+    os.environ.pop("PREFECT_API_URL", None)
+    home = Path(os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-scale-")))
+    db_path = home / "bench-scale.db"
+    os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{db_path}"
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
     import ray
@@ -130,18 +221,24 @@ def main() -> None:
         for n in args.n:
             folder = os.path.join(work, f"records-{n}")
             os.makedirs(folder)
-            tune_s = tune_layer(n, args.concurrency, os.path.join(work, "tune"))
-            ray_s, peak = ray_layer(n, folder)
-            prefect_s = prefect_layer(n, folder)
+            tune_dir = os.path.join(work, "tune")
+            with object_store_peak() as tune_peak:
+                records_s = tune_layer(n, args.concurrency, tune_dir, tune_records=True)
+                tune_s = tune_layer(n, args.concurrency, tune_dir, tune_records=False)
+            with object_store_peak() as ray_peak:
+                ray_s = ray_layer(n, folder)
             row = {
                 "n": n,
+                "tune_with_its_records_s": round(records_s, 2),
+                "tune_with_its_records_per_trial_s": round(records_s / n, 3),
                 "tune_s": round(tune_s, 2),
                 "tune_per_trial_s": round(tune_s / n, 3),
+                "tune_records_cost_ratio": round(records_s / tune_s, 2),
+                "tune_object_store_peak_bytes": tune_peak[0],
                 "ray_s": round(ray_s, 2),
                 "ray_per_task_s": round(ray_s / n, 4),
-                "object_store_peak_bytes": peak,
-                "prefect_s": round(prefect_s, 2),
-                "prefect_per_task_s": round(prefect_s / n, 3),
+                "ray_object_store_peak_bytes": ray_peak[0],
+                **prefect_layer(n, folder, db_path),
                 "load_average": [round(x, 1) for x in os.getloadavg()],
             }
             print(json.dumps(row), flush=True)
@@ -150,8 +247,12 @@ def main() -> None:
         "benchmark": "bench_scale",
         **describe(load_before),
         "concurrency": args.concurrency,
+        "goal": {"tune_per_trial_s_at_500": GOAL_TUNE_PER_TRIAL_S},
         "rows": rows,
     }
+    at_500 = [r["tune_per_trial_s"] for r in rows if r["n"] == 500]
+    if at_500:
+        result["goal"]["met"] = at_500[0] <= GOAL_TUNE_PER_TRIAL_S
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -1,11 +1,12 @@
 """Cluster work as Ray jobs: the way Ray recommends running Tune and Train on a remote cluster.
 
 Ray Client (``ray://``) "may not work as expected" for Ray Tune and Ray Train (Ray's docs); a
-Ray job runs the driver on the cluster itself, where it survives the submitter. So a flow off
-the cluster submits each training stage (a sweep, a fold) as one job to the dashboard address
-(``http://head:8265``, the token from ``RAY_AUTH_TOKEN`` as for every Ray API), follows its logs
-and maps its final state to a result or an error. A flow runner inside the cluster keeps the
-direct path: ``ray_address`` a GCS address (``head:6379`` or ``auto``).
+Ray job runs the driver on the cluster itself (on a worker node: see ``DRIVER_CPUS``), where it
+survives the submitter. So a flow off the cluster submits each training stage (a sweep, a fold)
+as one job to the dashboard address (``http://head:8265``, the token from ``RAY_AUTH_TOKEN`` as
+for every Ray API), follows its logs and maps its final state to a result or an error. A flow
+runner inside the cluster keeps the direct path: ``ray_address`` a GCS address (``head:6379`` or
+``auto``).
 
 A job's submission id derives from the output it writes (which holds the braintl run id), so a
 flow that crashed and resumes its run re-attaches to the job still running, reuses one that
@@ -35,6 +36,13 @@ USER_ERROR_EXIT = 2  # the job's exit status for a UserError: retrying will not 
 POLL_S = 2.0
 RUNNING = {"PENDING", "RUNNING"}
 PREFECT_RUN_KEY = "prefect_flow_run_id"
+# What each job's driver reserves. Ray runs a job's driver on the head unless its entrypoint
+# asks for resources; with them it goes to a node that has them, never a head started with
+# ``num-cpus: 0``. A driver is a Python with torch and braintl (0.7 GB resident, measured): 45
+# fold drivers on an 8 GiB head would not fit. Its CPU share is small because a fold's driver
+# mostly waits on its Ray task, and a sweep's (Tune's loop) on its trials.
+DRIVER_CPUS = 0.25
+DRIVER_MEMORY = 1024**3
 
 
 def uses_jobs(address: str | None) -> bool:
@@ -106,6 +114,18 @@ def client(address: str):
         ) from error
 
 
+def submit(jobs, submission_id: str, command: str, **options) -> str:
+    """Submit ``command`` as a job whose driver runs on a worker node (``DRIVER_*`` reserved);
+    ``options``: more of ``JobSubmissionClient.submit_job``'s (metadata, runtime_env)."""
+    return jobs.submit_job(
+        entrypoint=command,
+        submission_id=submission_id,
+        entrypoint_num_cpus=DRIVER_CPUS,
+        entrypoint_memory=DRIVER_MEMORY,
+        **options,
+    )
+
+
 def _attempts(jobs, base: str) -> list:
     """The jobs submitted for ``base`` (``base``, ``base-2``, ...), oldest attempt first."""
     pattern = re.compile(rf"{re.escape(base)}(?:-(\d+))?")
@@ -143,7 +163,7 @@ def run_job(
         return resolve(result_url).read_json()
     else:
         submission_id = base_id if not attempts else f"{base_id}-{len(attempts) + 1}"
-        jobs.submit_job(entrypoint=command, submission_id=submission_id, metadata=metadata)
+        submit(jobs, submission_id, command, metadata=metadata)
         started = f"submitted Ray job {submission_id} to {address}"
     try:
         on_log(started)

@@ -30,6 +30,7 @@ import numpy as np
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
@@ -391,6 +392,16 @@ def _ignore_tune_state(folder: Location, table: Location) -> None:
         )
 
 
+# Tune's own records of a sweep: CSV, JSON and TensorBoard files per trial (each result
+# flushed with an fsync) and snapshots of the whole experiment (every trial's state, so each
+# costs O(trials)) taken every few seconds. They go to the private folder deleted after the sweep;
+# braintl reads neither (its trial table is the sweep's record), and on 2 cores they cost 0.1 s
+# of the Tune driver's time a trial (profiled, docs/scaling.md). Off unless the environment sets
+# these variables itself; Tune still snapshots the experiment once at the end, and the JSON
+# logger stays (``_fit``): Tune's result grid reads its file and warns for each trial without.
+TUNE_RECORDS_OFF = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "inf"}
+
+
 def _fit(
     trainable,
     table: TrialTable,
@@ -403,6 +414,8 @@ def _fit(
 ) -> None:
     """Run the table's unfinished trials with Tune, its state in a private temporary folder."""
     ensure_ray(ray_address)
+    for variable, value in TUNE_RECORDS_OFF.items():
+        os.environ.setdefault(variable, value)
     scheduler = ASHAScheduler(
         time_attr="epoch",  # not training_iteration: a resumed trial continues its epochs
         metric=METRIC,
@@ -435,7 +448,7 @@ def _fit(
                 # A trial whose worker dies (preemption, OOM kill) restarts; its per-epoch
                 # checkpoint is keyed by trial id, so it continues after its last epoch.
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                callbacks=[_TableWriter(table, where, on_trial_end)],
+                callbacks=[_TableWriter(table, where, on_trial_end), JsonLoggerCallback()],
             ),
         ).fit()
     finally:

@@ -114,7 +114,7 @@ def test_compose_connects_the_services_and_gives_the_gpu_to_ray():
     assert {"ray-gpu-worker", "prefect-worker"} <= set(services)
     (device,) = services["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    assert "--num-gpus=0" in services["ray-head"]["command"]
+    assert {"--num-gpus=0", "--num-cpus=0"} <= set(services["ray-head"]["command"].split())
     server_db = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert server_db.startswith("postgresql+asyncpg://") and "@postgres:5432/" in server_db
     worker = services["prefect-worker"]
@@ -147,7 +147,7 @@ def test_raycluster_head_has_no_gpu_and_the_gpu_group_autoscales():
     spec = cluster["spec"]
     assert spec["enableInTreeAutoscaling"] is True
     head = spec["headGroupSpec"]
-    assert head["rayStartParams"]["num-gpus"] == "0"
+    assert head["rayStartParams"]["num-gpus"] == head["rayStartParams"]["num-cpus"] == "0"
     assert "nvidia.com/gpu" not in json.dumps(head["template"])
     (gpu,) = spec["workerGroupSpecs"]
     assert 0 <= gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
