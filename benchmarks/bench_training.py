@@ -19,6 +19,11 @@ Weights: no ImageNet download here, so random weights with BatchNorm statistics 
 training images (:mod:`braintl.models.calibrate`), one file both sides load. The set-up (listing
 the split, calibrating) runs before any clock starts.
 
+The naive side takes many times braintl's. ``--sides braintl --naive-from EARLIER.json`` times
+braintl's side again (after a change to braintl) against the naive runs of an earlier result
+with the same settings (the naive script imports nothing from braintl); the JSON keeps those
+runs with the date and load they were measured at, under ``naive_from``.
+
     python benchmarks/bench_training.py --data ../shared/data/brain_mri
     python benchmarks/bench_training.py --image-size 32 --epochs 2 --no-augment   # a quick look
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,7 @@ from braintl.training.host_memory import KEEP_FREE_MB
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_training.json"
+SIDES = ("braintl", "naive-plain", "naive-settings")
 DEFAULT_DATA = os.path.join(os.environ.get("BRAINTL_DATA_DIR", "../shared/data"), "brain_mri")
 BACKBONE = "mobilenet_v2"
 # glibc's environment names for what braintl.training.host_memory sets with mallopt.
@@ -98,20 +105,37 @@ def set_up(args, work: str) -> tuple[str, str, str]:
     return prepared.key, split_path, weights
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, str]:
-    """Wall time of ``cmd`` from start to exit, and its stdout."""
+def timed(cmd: list[str], env: dict, echo: bool) -> tuple[float, float, str]:
+    """Wall time of ``cmd`` from start to exit, the CPU seconds it and its children (the
+    naive DataLoader's workers) used, and its stdout. CPU time is what the process needed,
+    close to unchanged by the load on a shared machine; wall time is what a user waits. With
+    ``echo``, each line of stdout goes to stderr as it comes, so a long run shows its pace."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return seconds, proc.stdout
+    lines = []
+    with tempfile.TemporaryFile("w+") as errors:
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True) as p:
+            for line in p.stdout:
+                lines.append(line)
+                if echo:
+                    print(
+                        f"  [{time.perf_counter() - started:7.1f} s] {line.rstrip()[:120]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        seconds = time.perf_counter() - started
+        if p.returncode != 0:
+            errors.seek(0)
+            sys.exit(f"{' '.join(cmd[:4])} failed ({p.returncode}):\n{errors.read()[-4000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return seconds, cpu, "".join(lines)
 
 
 def run_braintl(args, work: str, weights: str, key: str, n: int, env: dict) -> dict:
     out = os.path.join(work, f"braintl-{n}")  # a new folder: no tensor or feature cache yet
     cmd = [sys.executable, "-m", "braintl.cli", *train_args(args, out, weights)]
-    seconds, stdout = timed(cmd, env)
+    seconds, cpu, stdout = timed(cmd, env, echo=False)
     metrics = json.loads(stdout)
     if not metrics["data"]["tensors_url"].endswith(key):
         sys.exit("braintl train built other tensors than the naive split was taken from")
@@ -119,6 +143,7 @@ def run_braintl(args, work: str, weights: str, key: str, n: int, env: dict) -> d
     return {
         "side": "braintl",
         "whole_s": seconds,
+        "cpu_s": cpu,
         "train_s": metrics["timings"]["train_seconds"],
         "data_s": metrics["timings"]["data_seconds"],
         "val_auc": last["val_auc"],
@@ -134,11 +159,12 @@ def run_naive(args, split: str, weights: str, same_settings: bool, env: dict) ->
     if same_settings:
         cmd.append("--same-settings")
         env = env | BRAINTL_MALLOC
-    seconds, stdout = timed(cmd, env)
+    seconds, cpu, stdout = timed(cmd, env, echo=True)
     result = json.loads(stdout.splitlines()[-1])
     return {
         "side": "naive, braintl's settings" if same_settings else "naive, plain",
         "whole_s": seconds,
+        "cpu_s": cpu,
         "train_s": result["train_seconds"],
         "val_auc": result["val_auc"],
         "val_acc": result["val_acc"],
@@ -163,9 +189,14 @@ def main() -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     parser.add_argument("--workers", type=int, default=2, help="naive DataLoader workers")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side (median kept)")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--naive-from", metavar="JSON", help="an earlier result's naive runs")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
     args.data = os.path.abspath(args.data)
+    if "braintl" not in args.sides:
+        sys.exit("--sides: braintl is what every ratio is taken against; add it")
+    earlier = _earlier(args) if args.naive_from else None
     load_before = os.getloadavg()
     work = tempfile.mkdtemp(prefix="bench-training-")
     key, split, weights = set_up(args, work)
@@ -173,41 +204,77 @@ def main() -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
     runs = []
     for n in range(args.repeats):
-        runs.append(run_braintl(args, work, weights, key, n, env))
-        runs.append(run_naive(args, split, weights, False, env))
-        runs.append(run_naive(args, split, weights, True, env))
-        for run in runs[-3:]:
-            print(_line(run), flush=True)
+        if "braintl" in args.sides:
+            runs.append(run_braintl(args, work, weights, key, n, env))
+            print(_line(runs[-1]), flush=True)
+        for same_settings in (False, True):
+            if f"naive-{'settings' if same_settings else 'plain'}" in args.sides:
+                runs.append(run_naive(args, split, weights, same_settings, env))
+                print(_line(runs[-1]), flush=True)
+                write_report(args, load_before, split, runs, earlier)  # kept if later ones fail
+    ratios = write_report(args, load_before, split, runs, earlier)
+    for side, ratio in ratios.items():
+        cpu = f", CPU time ×{ratio['cpu']:.2f}" if "cpu" in ratio else ""
+        print(
+            f"{side}: whole process ×{ratio['whole']:.2f}, training only ×{ratio['train']:.2f}{cpu}"
+        )
+    print(f"load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}; JSON: {args.out}")
+
+
+def write_report(args, load_before, split: str, runs: list[dict], earlier: dict | None) -> dict:
+    """Write the JSON result of the runs so far; the ratios of each naive side to braintl."""
+    if earlier is not None:
+        runs = runs + [r for r in earlier["runs"] if r["side"] != "braintl"]
     sides = median_by_side(runs)
     ours = sides["braintl"]
     ratios = {
-        side: {"whole": r["whole_s"] / ours["whole_s"], "train": r["train_s"] / ours["train_s"]}
+        side: {
+            "whole": r["whole_s"] / ours["whole_s"],
+            "train": r["train_s"] / ours["train_s"],
+            **({"cpu": r["cpu_s"] / ours["cpu_s"]} if "cpu_s" in r else {}),
+        }
         for side, r in sides.items()
         if side != "braintl"
     }
-    sizes = {k: len(v) for k, v in json.loads(Path(split).read_text()).items()}
     report = {
         "benchmark": "bench_training",
         **describe(load_before),
         "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, "backbone": BACKBONE},
-        "images": sizes,
+        "images": {k: len(v) for k, v in json.loads(Path(split).read_text()).items()},
         "weights": "random, BatchNorm statistics calibrated on the training images",
         "runs": runs,
+        **({"naive_from": _provenance(args.naive_from, earlier)} if earlier else {}),
         "median": sides,
         "ratios_to_braintl": ratios,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    for side, ratio in ratios.items():
-        print(f"{side}: whole process ×{ratio['whole']:.2f}, training only ×{ratio['train']:.2f}")
-    print(f"images {sizes}; load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}")
-    print(f"JSON: {args.out}")
+    return ratios
+
+
+def _earlier(args) -> dict:
+    """The earlier result whose naive runs this one reuses; its settings must be these."""
+    earlier = json.loads(Path(args.naive_from).read_text())
+    mine = {k: v for k, v in vars(args).items() if k not in ("out", "sides", "naive_from")}
+    theirs = {k: earlier["settings"].get(k) for k in mine}
+    if theirs != mine:
+        changed = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
+        sys.exit(f"--naive-from {args.naive_from}: other settings (earlier, now): {changed}")
+    return earlier
+
+
+def _provenance(path: str, earlier: dict) -> dict:
+    """Where and when the reused naive runs were measured."""
+    return {"file": os.path.basename(path), "date": earlier["date"]} | {
+        "load_average": earlier["load_average"]
+    }
 
 
 def _line(run: dict) -> str:
     data = f"  (data {run['data_s']:.1f} s)" if "data_s" in run else ""
     return (
-        f"{run['side']:>26}: whole {run['whole_s']:7.1f} s  training {run['train_s']:7.1f} s"
+        f"{run['side']:>26}: whole {run['whole_s']:7.1f} s (CPU {run.get('cpu_s', 0):7.1f} s)  "
+        f"training {run['train_s']:7.1f} s"
         f"{data}  final val AUC {run['val_auc']:.3f} acc {run['val_acc']:.3f}"
     )
 

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact
 
 from braintl import runlease
-from braintl.report import write_report
+from braintl.report.build import write_report
 from tasks.data import STORAGE_RETRIES
 
 

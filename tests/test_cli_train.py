@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 
 import numpy as np
 import pytest
 import torch
+from support import run_python
 from tolerances import probability_tolerance
 
 from braintl.cli import main
@@ -93,6 +95,29 @@ def test_train_then_predict_with_its_package(tmp_path, capsys, phantom_dir):
     for file, prob in expected.items():
         assert rows[file]["probability"] == pytest.approx(prob, abs=tol)
         assert rows[file]["label"] == published.label(prob)
+
+
+# What `braintl train` on plain images never uses: each took longer to import than the images
+# take to decode (benchmarks/results/training_fixed_cost.json).
+NOT_FOR_TRAINING = ("matplotlib", "jinja2", "pydicom", "nibabel")
+
+
+def test_train_imports_no_report_or_clinical_decoders(tmp_path, phantom_dir):
+    """A fresh ``braintl train`` process on JPEGs and PNGs, start to end, never imports the
+    report's plotting and HTML packages or the DICOM and NIfTI readers."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from braintl.cli import main
+        args = ["train", "--data", {str(phantom_dir)!r}, "--out", {str(tmp_path / "o")!r}]
+        assert main([*args, *{FAST!r}, "--epochs", "1", "--json"]) == 0
+        print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
+        """
+    )
+    proc = run_python(["-c", script], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert "torch" in loaded and loaded.isdisjoint(NOT_FOR_TRAINING), loaded & set(NOT_FOR_TRAINING)
 
 
 @pytest.mark.parametrize(

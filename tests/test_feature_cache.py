@@ -34,8 +34,10 @@ from braintl.models import create_model, list_models
 from braintl.models.calibrate import calibrate_batchnorm
 from braintl.models.factory import feature_shape
 from braintl.models.registry import get_entry
+from braintl.models.strategies import apply_strategy, resolve_strategy
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
+from braintl.training.features import prefix_cache
 from braintl.training.inference import EVAL_BATCH_SIZE, predict_logits
 
 PRETRAINED = ("mobilenet_v2", "vgg16", "resnet50", "xception")
@@ -163,6 +165,26 @@ def test_blocks_in_order_are_the_backbone(name):
         # The feature cache sizes a whole-backbone prefix from the meta-device dry run.
         whole_prefix = model.prefix(images, len(model.spec.blocks))
         assert tuple(whole_prefix.shape[1:]) == feature_shape(get_entry(name), 32)
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_float32_cache_scores_as_the_whole_model(tensors, weights, name):
+    """On the CPU a float32 cache is filled channels_last (faster there): logits through it
+    stay within the summation-order bound of the whole model's, and the model's weights are
+    back in their own layout afterwards."""
+    model = create_model(name, weights=weights(name), image_size=32)
+    plan = resolve_strategy(model, "frozen")
+    apply_strategy(model, plan)
+    in_memory = TensorSet(**{**tensors.__dict__, "url": None})  # no files in the shared cache
+    cache = prefix_cache(model, plan, in_memory, torch.device("cpu"), budget_mb=1024)
+    assert all(p.is_contiguous() for p in model.parameters())
+    index = np.arange(len(tensors))
+    torch.testing.assert_close(
+        cache.logits(model, index, EVAL_BATCH_SIZE),
+        predict_logits(model, tensors.images),
+        rtol=0,
+        atol=logit_tolerance(model, tensors.images),
+    )
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "finetune"])

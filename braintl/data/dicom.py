@@ -51,11 +51,6 @@ DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 EXTRA = "pip install 'braintl[dicom]'"
 
 
-def is_dicom(head: bytes) -> bool:
-    """The DICM magic after the 128-byte preamble, as PS3.10 files carry it."""
-    return head[128:132] == b"DICM"
-
-
 def decode_dicom(data: bytes, limits: DecodeLimits, config: ClinicalConfig) -> FileImages:
     """Every frame of a DICOM file as 8-bit RGB, or :class:`Quarantine` with the reason."""
     with warnings.catch_warnings():

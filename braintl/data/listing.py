@@ -10,8 +10,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from braintl.data.dicom import is_dicom
-from braintl.data.formats import CLINICAL_EXTENSIONS
+from braintl.data.formats import CLINICAL_EXTENSIONS, is_dicom
 from braintl.errors import UserError
 from braintl.storage import Location, StorageError, resolve
 from braintl.urls import credentials_problem

@@ -41,7 +41,6 @@ from braintl.data.decode import (
     Quarantine,
 )
 
-EXTENSIONS = (".nii", ".nii.gz")
 HEAD_THRESHOLD = 45  # grey level counted as head, as the brain crop counts it
 
 

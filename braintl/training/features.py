@@ -188,9 +188,11 @@ def _compute(
     model.eval()
     chunks = []
     try:
-        with autocast(device):
+        with autocast(device), _channels_last(model, device) as layout:
             for first in range(0, len(images), EVAL_BATCH_SIZE):
                 batch = to_device(torch.from_numpy(images[first : first + EVAL_BATCH_SIZE]), device)
+                if layout is not None:
+                    batch = batch.contiguous(memory_format=layout)
                 activations = at_least_float32(model.prefix(batch, start)).cpu().numpy()
                 if out is None:
                     chunks.append(activations)
@@ -199,6 +201,23 @@ def _compute(
     finally:
         model.train(training)
     return np.concatenate(chunks) if out is None else out
+
+
+@contextlib.contextmanager
+def _channels_last(model: BrainTLModel, device: torch.device):
+    """The memory format for the prefix's input (None: as it comes). On the CPU, in float32,
+    oneDNN's convolutions run channels_last about twice as fast (MobileNetV2's whole backbone
+    at 96 px: 1.4 against 2.7 CPU seconds for 256 images), with the same arithmetic up to
+    summation order; the weights go back to their own layout afterwards. Elsewhere as the model
+    is (channels_last already on CUDA, see ``prepare_model``; float64 test models)."""
+    if device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
+        yield None
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield torch.channels_last
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def _publish(
