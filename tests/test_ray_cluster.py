@@ -36,7 +36,8 @@ PREFECT_KEYS = {
     "PREFECT_API_AUTH_STRING": "admin:fakePrefectAuth-5e6f",
 }
 # Ray's state API, read in a child process that carries the cluster's token (the test process
-# may hold another Ray's settings).
+# may hold another Ray's settings). Jobs need ``detail=True``: without it the state API leaves
+# out their metadata and driver node.
 STATE = """
 import json, sys
 from ray.util.state import list_actors, list_jobs, list_nodes, list_tasks
@@ -48,7 +49,7 @@ print(json.dumps({
     "actors": [[a.class_name, a.state, a.node_id] for a in list_actors(address=address)],
     "jobs": [
         [j.submission_id, (j.metadata or {}).get("prefect_flow_run_id"), j.driver_node_id]
-        for j in list_jobs(address=address) if j.submission_id
+        for j in list_jobs(address=address, detail=True) if j.submission_id
     ],
 }))
 """
