@@ -31,6 +31,12 @@ SYNTHETIC_WARNING = (
     "synthetic data (phantoms): these figures say nothing about brain MRI, and nothing here is "
     "compared with the seed's real-data figures"
 )
+SMOKE_TEST_PROFILE = "quick"  # flows/params.py: the profile built to check the plumbing
+SMOKE_TEST_WARNING = (
+    "a smoke test (profile quick): it checks that the pipeline runs, not how well a model can "
+    "do; its figures say little and its model is not meant for use. Train models with profile "
+    "cpu on a CPU or paper on GPUs"
+)
 LEAKY_REFERENCE = "seed, leaky protocol, not comparable"
 
 
@@ -44,9 +50,11 @@ def random_stand_ins(models: Iterable[tuple[str, str]]) -> list[str]:
     return sorted({b for b, w in models if w == "none" and seed_weights(b) == "imagenet"})
 
 
-def run_warnings(models: Iterable[tuple[str, str]], synthetic: bool) -> list[str]:
+def run_warnings(
+    models: Iterable[tuple[str, str]], synthetic: bool, smoke_test: bool = False
+) -> list[str]:
     """The plain warnings a run's report and log open with; empty when there is none."""
-    warnings = []
+    warnings = [f"{SMOKE_TEST_WARNING}."] if smoke_test else []
     stand_ins = random_stand_ins(models)
     if stand_ins:
         warnings.append(

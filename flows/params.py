@@ -33,11 +33,14 @@ STRATEGIES = ("frozen", "finetune")
 SCRATCH = "scratch_cnn"
 
 # Settings each profile presets; any field given explicitly wins (merged before validation).
+# quick is the smoke test (plumbing, not models); cpu is the one chosen by
+# benchmarks/cpu_study.py for a whole run in 30 minutes on 2 cores (docs/cpu-profile.md);
 # paper trains the seed's own settings (braintl.replica) unless sweep settings are given.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "weights": "none",
         "image_size": 64,
+        "crop": False,
         "epochs": 3,
         "batch_size": 16,
         "folds": 3,
@@ -47,9 +50,23 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gpus_per_fold": 0.0,
         "sweep": {"num_samples": 1, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
     },
+    "cpu": {
+        "weights": "imagenet",
+        "image_size": 96,
+        "crop": False,
+        "epochs": 8,
+        "batch_size": 16,
+        "folds": 3,
+        "augment": True,
+        "tuning": "sweep",
+        "cpus_per_fold": 1.0,
+        "gpus_per_fold": 0.0,
+        "sweep": {"num_samples": 1, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
+    },
     "paper": {
         "weights": "imagenet",
         "image_size": 224,
+        "crop": False,
         "epochs": 18,
         "batch_size": 18,
         "folds": 5,
@@ -78,8 +95,11 @@ class RetrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    profile: Literal["quick", "paper"] = Field(
-        "quick", description="presets: quick (a CPU, minutes) or paper (the seed's, on GPUs)"
+    profile: Literal["quick", "cpu", "paper"] = Field(
+        "quick",
+        description="presets: quick (a smoke test of the plumbing, minutes; its models are not "
+        "meant for use), cpu (the best models a 2-core machine trains in 30 minutes) or paper "
+        "(the seed's, on GPUs)",
     )
     data_url: str | None = Field(None, description="labelled scans; None: synthetic phantoms")
     out_url: str = Field("braintl-runs", description="runs, caches and latest.json go here")
@@ -96,6 +116,7 @@ class RetrainParams(BaseModel):
         "model URL, or a state-dict URL",
     )
     image_size: int = Field(64, ge=16)
+    crop: bool = Field(False, description="crop each scan to the brain before resizing")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=2)
     folds: int = Field(3, ge=2, le=20)
@@ -285,7 +306,7 @@ class RetrainParams(BaseModel):
             group_by=self.group_by,
             manifest_url=self.manifest_url,
             clinical=self.clinical,
-            preprocess={"image_size": self.image_size},
+            preprocess={"image_size": self.image_size, "crop": self.crop},
             augment={"enabled": self.augment},
         )
 

@@ -36,7 +36,7 @@ from prefect.task_engine import TaskRunTimeoutError
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from braintl import cluster, progress, runlease
-from braintl.caveats import run_warnings, synthetic_data
+from braintl.caveats import SMOKE_TEST_PROFILE, run_warnings, synthetic_data
 from braintl.markdown import markdown_escape
 from braintl.results import METRICS, cv_plan, to_markdown
 from braintl.runinfo import environment
@@ -222,7 +222,9 @@ def _retrain(params: RetrainParams) -> dict | State:
     warm = warm_start(params.weights, params.out_url)
     groups = params.sweep_groups(warm)
     starts = [(backbone, w) for w, pairs in groups.items() for backbone, _ in pairs]
-    warnings = run_warnings(starts, synthetic_data(tensors_url))
+    warnings = run_warnings(
+        starts, synthetic_data(tensors_url), smoke_test=params.profile == SMOKE_TEST_PROFILE
+    )
     for warning in warnings:  # before any training: what the numbers will not be
         get_run_logger().warning(f"WARNING: {warning}")
     for weights, pairs in groups.items():

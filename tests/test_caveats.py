@@ -7,6 +7,7 @@ import pytest
 from braintl.caveats import (
     LEAKY_REFERENCE,
     RANDOM_INIT_WARNING,
+    SMOKE_TEST_WARNING,
     SYNTHETIC_WARNING,
     run_warnings,
     seed_comparison,
@@ -21,6 +22,12 @@ def test_random_weights_on_pretrainable_backbones_open_with_the_warning():
     assert run_warnings([("vgg16", "imagenet"), ("scratch_cnn", "none")], False) == []
     assert run_warnings([("vgg16", "s3://b/model/backbone.safetensors")], False) == []
     assert run_warnings([("scratch_cnn", "none")], True) == [f"{SYNTHETIC_WARNING}."]
+
+
+def test_a_smoke_test_run_says_so_first():
+    smoke, synthetic = run_warnings([("scratch_cnn", "none")], True, smoke_test=True)
+    assert smoke == f"{SMOKE_TEST_WARNING}." and "profile quick" in smoke
+    assert "profile cpu" in smoke and synthetic.startswith(SYNTHETIC_WARNING)
 
 
 @pytest.mark.parametrize(

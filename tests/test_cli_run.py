@@ -18,7 +18,7 @@ from braintl.cli import build_parser, main
 from braintl.commands.progress import ProgressDisplay, drawable
 from braintl.commands.run import params_from_args, prefect_console
 from braintl.data.phantoms import write_phantom_dataset
-from flows.params import RetrainParams
+from flows.params import PROFILES, RetrainParams
 
 
 def _params(*argv: str) -> RetrainParams:
@@ -46,6 +46,25 @@ def test_params_file_is_the_form_and_flags_override_it(tmp_path, monkeypatch):
     assert (flags.sweep.num_samples, flags.sweep.cpus_per_trial) == (6, 0.5)
     cluster = ("--ray-address", "h:6379", "--out", "s3://b/r")
     assert _params("--no-augment", "--profile", "paper", *cluster).augment is False
+
+
+def test_cpu_profile_presets_the_studied_settings_and_explicit_fields_win():
+    preset = PROFILES["cpu"]
+    cpu = _params("--profile", "cpu")
+    assert {field: getattr(cpu, field) for field in preset if field != "sweep"} == {
+        field: value for field, value in preset.items() if field != "sweep"
+    }
+    assert cpu.sweep.model_dump(include=set(preset["sweep"])) == preset["sweep"]
+    assert cpu.weights == "imagenet" and cpu.augment and cpu.sweep.gpus_per_trial == 0
+    assert set(cpu.sweep_groups()) == {"imagenet", "none"}  # scratch_cnn has no ImageNet weights
+    mine = _params(
+        "--profile", "cpu", "--weights", "none", "--image-size", "64", "--crop",
+        "--no-augment", "--epochs", "2", "--num-samples", "3", "--folds", "4",
+    )  # fmt: skip
+    assert (mine.weights, mine.image_size, mine.crop, mine.augment) == ("none", 64, True, False)
+    assert (mine.epochs, mine.sweep.num_samples, mine.folds) == (2, 3, 4)
+    assert mine.batch_size == preset["batch_size"]  # what was not given stays the profile's
+    assert _params("--crop").crop and not _params().crop  # quick crops only when asked
 
 
 def test_environment_gives_the_default_folders(tmp_path, monkeypatch):
@@ -161,5 +180,6 @@ def test_a_first_run_is_quiet_and_ends_with_the_report(tmp_path):
     assert shown[-1] == "folds: 2/2", done.stderr[-4000:]
     first, last = done.stdout.splitlines()[0], done.stdout.strip().splitlines()[-1]
     assert first.startswith("braintl run: synthetic phantoms → braintl-runs, profile quick")
+    assert "(a smoke test of the plumbing; --profile cpu trains models to use)" in first
     report = last.removeprefix("report: ")
     assert last.startswith("report: ") and (tmp_path / report).is_file(), last

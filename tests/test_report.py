@@ -13,7 +13,12 @@ import pytest
 from markupsafe import escape
 from report_runs import ReportRuns, report_runs
 
-from braintl.caveats import LEAKY_REFERENCE, RANDOM_INIT_WARNING, SYNTHETIC_WARNING
+from braintl.caveats import (
+    LEAKY_REFERENCE,
+    RANDOM_INIT_WARNING,
+    SMOKE_TEST_WARNING,
+    SYNTHETIC_WARNING,
+)
 from braintl.cli import main
 from braintl.data.tensors import TensorSet
 from braintl.metrics import evaluate, youden_threshold
@@ -163,14 +168,15 @@ def test_page_figures_equal_report_json_and_results_json(runs):
 
 def test_random_weights_and_phantoms_open_with_warnings_and_get_no_seed_figure(runs):
     report, _, html = _files(runs, "groups")
-    random_init, synthetic = report["warnings"]
+    smoke_test, random_init, synthetic = report["warnings"]  # the runs are profile quick's
+    assert smoke_test == f"{SMOKE_TEST_WARNING}."
     assert random_init.startswith(RANDOM_INIT_WARNING) and "mobilenet_v2" in random_init
     assert synthetic.startswith(SYNTHETIC_WARNING)
     warnings_at = html.index('class="warning"')
     assert warnings_at < html.index('id="summary"')
     assert all(escape(w) in html for w in report["warnings"])
     table_md = (runs.run_dir("groups") / "report" / "table.md").read_text()
-    assert table_md.startswith(f"**Warning: {random_init}**")
+    assert table_md.startswith(f"**Warning: {smoke_test}**")
     for model in report["models"]:
         assert model["seed"] is None and not model["seed_comparison"]["shown"]
         assert "synthetic" in model["seed_comparison"]["label"]
@@ -314,7 +320,7 @@ def _as_imagenet_on_real_scans(run: Path, root: Path) -> Path:
 @pytest.mark.parametrize("protocol", ["groups", "paper"])
 def test_imagenet_runs_on_real_scans_show_the_seed_labelled_by_protocol(runs, tmp_path, protocol):
     report, _ = build_report(str(_as_imagenet_on_real_scans(runs.run_dir(protocol), tmp_path)))
-    assert report["warnings"] == []
+    assert report["warnings"] == [f"{SMOKE_TEST_WARNING}."]  # run with profile quick
     seeds = {m["model"]: m for m in report["models"]}
     assert seeds["mobilenet_v2/frozen"]["seed"]["name"] == "MobileNetV2"
     assert seeds["scratch_cnn/full"]["seed"]["name"] == "2D-CNN"

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from braintl.caveats import run_warnings, seed_comparison, synthetic_data
+from braintl.caveats import (
+    SMOKE_TEST_PROFILE,
+    run_warnings,
+    seed_comparison,
+    synthetic_data,
+)
 from braintl.data.manifest import Manifest, Record
 from braintl.ensemble import BOOTSTRAP_SEED
 from braintl.metrics import json_safe
@@ -102,7 +107,11 @@ def build_report(run_url: str, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[di
     validation = external.load(run.loc)
     report = json_safe(
         {
-            "warnings": run_warnings([(m["backbone"], m["weights"]) for m in models], synthetic),
+            "warnings": run_warnings(
+                [(m["backbone"], m["weights"]) for m in models],
+                synthetic,
+                smoke_test=run.params.get("profile") == SMOKE_TEST_PROFILE,
+            ),
             "summary": _summary(run, models[0], synthetic),
             "estimate_note": ESTIMATE_NOTE.format(
                 bootstrap=models[0]["bootstrap"]["text"], resamples=resamples, seed=BOOTSTRAP_SEED
