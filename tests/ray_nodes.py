@@ -129,6 +129,9 @@ def ray_cluster(logs: Path, env: dict, workers: list[list[str]]):
         wait_until_up("Ray head", lambda: port_open(dashboard), head.process, head.log, 180)
         for i, resources in enumerate(workers):
             args = [f"--address={cluster.address}", *resources, f'--resources={{"{marker(i)}": 1}}']
+            # Each node's own dashboard agent port: nodes sharing a host would collide on the
+            # default, and a job's logs are read from the agent of its driver's node.
+            args.append(f"--dashboard-agent-listen-port={free_port()}")
             cluster.workers.append(_start(args, env, logs / f"worker-{i}.log"))
         nodes = 1 + len(workers)
         wait_until_up(
