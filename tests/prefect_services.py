@@ -60,7 +60,7 @@ def _healthy(api_url: str) -> bool:
         return response.status == 200
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -122,7 +122,7 @@ def start_prefect_server(home: Path, **settings: str):
         wait_until_up("prefect server", lambda: _healthy(api_url), server, server_log, 120)
         yield env
     finally:
-        _stop(server)
+        stop_process(server)
 
 
 @contextmanager
@@ -176,7 +176,7 @@ def start_prefect_stack(home: Path, s3_endpoint: str, alert_webhook: str):
                 api_url, env, api_url.removesuffix("/api"), out_url, ray_token, logs, data_root
             )
         finally:
-            _stop(worker)
+            stop_process(worker)
 
 
 def apply_deployments(env: dict[str, str]) -> str:

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prefect_services import stop_process
 from support import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
@@ -63,12 +64,7 @@ def authenticated_server(tmp_path_factory):
         )
         yield api, auth, env
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
 
 
 def test_the_api_refuses_requests_without_the_auth_string(authenticated_server):
