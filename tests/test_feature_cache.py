@@ -37,7 +37,7 @@ from braintl.models.registry import get_entry
 from braintl.models.strategies import apply_strategy, resolve_strategy
 from braintl.storage import resolve
 from braintl.training import TrainConfig, evaluate_split, train
-from braintl.training.features import prefix_cache
+from braintl.training.features import _inference_prefix, prefix_cache
 from braintl.training.inference import EVAL_BATCH_SIZE, predict_logits
 
 PRETRAINED = ("mobilenet_v2", "vgg16", "resnet50", "xception")
@@ -185,6 +185,19 @@ def test_float32_cache_scores_as_the_whole_model(tensors, weights, name):
         rtol=0,
         atol=logit_tolerance(model, tensors.images),
     )
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_the_cache_pass_folds_batchnorm_in_a_copy(name):
+    """The cache is filled by a copy of the prefix with each Conv+BatchNorm folded into one
+    convolution (one pass less over every activation; the logits are checked above); the
+    model keeps its own modules."""
+    model = create_model(name, image_size=32).eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    prefix, _ = _inference_prefix(model, len(model.spec.blocks), torch.device("cpu"))
+    left = [m for m in prefix.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(left) <= len(norms) // 10
+    assert [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == norms
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "finetune"])

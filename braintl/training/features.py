@@ -21,6 +21,7 @@ recomputed every batch. A log line says which.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from braintl.data.tensors import TensorSet
 from braintl.models import BrainTLModel, StrategyPlan
@@ -182,42 +185,65 @@ def _compute(
     out: np.ndarray | None,
     device: torch.device,
 ) -> np.ndarray:
-    """``model.prefix`` of ``images`` in eval mode, batch by batch, into ``out`` (None: a new
-    array)."""
-    training = model.training
-    model.eval()
+    """``model.prefix`` of ``images`` (through :func:`_inference_prefix`), batch by batch,
+    into ``out`` (None: a new array)."""
+    prefix, layout = _inference_prefix(model, start, device)
     chunks = []
-    try:
-        with autocast(device), _channels_last(model, device) as layout:
-            for first in range(0, len(images), EVAL_BATCH_SIZE):
-                batch = to_device(torch.from_numpy(images[first : first + EVAL_BATCH_SIZE]), device)
-                if layout is not None:
-                    batch = batch.contiguous(memory_format=layout)
-                activations = at_least_float32(model.prefix(batch, start)).cpu().numpy()
-                if out is None:
-                    chunks.append(activations)
-                else:
-                    out[first : first + len(activations)] = activations
-    finally:
-        model.train(training)
+    with autocast(device):
+        for first in range(0, len(images), EVAL_BATCH_SIZE):
+            batch = to_device(torch.from_numpy(images[first : first + EVAL_BATCH_SIZE]), device)
+            if layout is not None:
+                batch = batch.contiguous(memory_format=layout)
+            batch = model.normalize(batch)
+            activations = at_least_float32(prefix(batch)).cpu().numpy()
+            if out is None:
+                chunks.append(activations)
+            else:
+                out[first : first + len(activations)] = activations
     return np.concatenate(chunks) if out is None else out
 
 
-@contextlib.contextmanager
-def _channels_last(model: BrainTLModel, device: torch.device):
-    """The memory format for the prefix's input (None: as it comes). On the CPU, in float32,
-    oneDNN's convolutions run channels_last about twice as fast (MobileNetV2's whole backbone
-    at 96 px: 1.4 against 2.7 CPU seconds for 256 images), with the same arithmetic up to
-    summation order; the weights go back to their own layout afterwards. Elsewhere as the model
-    is (channels_last already on CUDA, see ``prepare_model``; float64 test models)."""
-    if device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
-        yield None
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield torch.channels_last
-    finally:
-        model.to(memory_format=torch.contiguous_format)
+def _inference_prefix(
+    model: BrainTLModel, start: int, device: torch.device
+) -> tuple[nn.Module, torch.memory_format | None]:
+    """A copy of blocks ``0..start-1`` for the cache pass, in eval mode, and the memory format
+    its input takes (None: as it comes). The model itself is left as it is.
+
+    - Each convolution followed by its BatchNorm is folded into one convolution (torch.fx's
+      ``fuse``, as inference engines do): the same function up to the rounding of the folded
+      weights, and one pass less over every activation. A block torch.fx cannot trace is kept
+      as it is.
+    - On the CPU, in float32, the copy runs channels_last, where oneDNN's convolutions run
+      about twice as fast. Elsewhere in the model's own layout (channels_last already on CUDA,
+      see ``prepare_model``; float64 test models).
+
+    MobileNetV2's whole backbone at 96 px over 1 500 images on 2 cores, both channels_last:
+    4.5 s plain, 2.6 s folded.
+    """
+    blocks = [module for modules in model._block_modules[:start] for module in modules]
+    prefix = nn.Sequential(*_folded([copy.deepcopy(module).eval() for module in blocks]))
+    if device.type == "cpu" and next(model.parameters()).dtype == torch.float32:
+        return prefix.to(memory_format=torch.channels_last), torch.channels_last
+    return prefix, None
+
+
+def _folded(modules: list[nn.Module]) -> list[nn.Module]:
+    """``modules`` (eval mode, run in turn) with each Conv+BatchNorm pair folded: pairs in this
+    list, and pairs inside a module that torch.fx can trace (one with data-dependent control
+    flow is kept as it is: unfolded, it computes the same)."""
+    out: list[nn.Module] = []
+    for module in modules:
+        if isinstance(module, nn.BatchNorm2d):
+            if out and isinstance(out[-1], nn.Conv2d) and module.track_running_stats:
+                out[-1] = fuse_conv_bn_eval(out[-1], module)
+                continue
+        elif any(isinstance(inner, nn.BatchNorm2d) for inner in module.modules()):
+            try:
+                module = fuse(module, inplace=True)
+            except Exception as exc:  # noqa: BLE001  (TraceError, TypeError...: keep it as it is)
+                log.debug("%s not folded for the feature pass: %s", type(module).__name__, exc)
+        out.append(module)
+    return out
 
 
 def _publish(
