@@ -215,8 +215,9 @@ def _finite(value) -> float:
 
 # The table is rewritten whole and grows with the sweep, so writing it at every trial start and
 # epoch report cost O(trials²) bytes (1 000 trials: ~6 000 writes of up to 0.8 MB, ~4 min of the
-# Tune driver's loop). Those progress events are saved at most this often; a trial's end or
-# restart, and the sweep's end, are saved at once (a resume needs them).
+# Tune driver's loop). It is written at most this often; a trial's end or restart goes to
+# storage at once as that trial's journal entry alone (:mod:`braintl.trialtable`), and the sweep's
+# end settles the whole table.
 PROGRESS_SAVE_INTERVAL_S = 5.0
 
 
@@ -234,30 +235,35 @@ class _TableWriter(tune.Callback):
         self.table, self.location, self.notify = table, location, notify
         self.ended = len(table.plan) - len(table.unfinished())
         self.interval_s, self.saved_at, self.unsaved = interval_s, -math.inf, False
+        self.unjournaled: set[str] = set()  # ends whose journal write failed, retried
 
-    def _entry(self, trial) -> trialtable.Trial:
-        return self.table.trials[trial.config["trial"]]
+    def _changed(self, trial) -> trialtable.Trial:
+        entry = self.table.trials[trial.config["trial"]]
+        entry.version += 1
+        return entry
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._entry(trial).status = "running"
+        self._changed(trial).status = "running"
         self._progress()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         fields = {k: result.get(k) for k in ("val_auc", "val_loss", "train_loss")}
         report = Report(epoch=result["epoch"], attempt=self.table.attempt, **fields)
-        entry = self._entry(trial)
+        entry = self._changed(trial)
         entry.reports.append(report)
         entry.placement = {k: result.get(k) for k in PLACEMENT}
         self._progress()
 
     def on_step_end(self, iteration, trials, **info):
-        """Tune's loop turns several times a second: progress held back is saved here."""
+        """Tune's loop turns several times a second: writes held back or failed go out here."""
+        for trial_id in sorted(self.unjournaled):
+            self._journal(trial_id)
         if self.unsaved:
             self._progress()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._entry(trial).restarts += 1
-        self._save()
+        self._changed(trial).restarts += 1
+        self._journal(trial.config["trial"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "finished", None)
@@ -272,7 +278,8 @@ class _TableWriter(tune.Callback):
 
     def _save(self) -> None:
         """A storage outage must not end the sweep: the table is written again after the
-        interval, and once more when the sweep ends (where a failure fails the sweep task)."""
+        interval, and settled once more when the sweep ends (where a failure fails the sweep
+        task)."""
         self.saved_at = time.monotonic()
         try:
             self.table.write(self.location)
@@ -281,11 +288,22 @@ class _TableWriter(tune.Callback):
             self.unsaved = True
             return
         self.unsaved = False
+        self.unjournaled.clear()  # the table holds those entries now
+
+    def _journal(self, trial_id: str) -> None:
+        """At once, or retried at Tune's next step (and covered by the next table write)."""
+        try:
+            self.table.write_trial(self.location, trial_id)
+        except StorageError as exc:
+            log.warning("trial %s's end not saved, retried at the next event: %s", trial_id, exc)
+            self.unjournaled.add(trial_id)
+            return
+        self.unjournaled.discard(trial_id)
 
     def _end(self, trial, status: str, error: str | None) -> None:
-        entry = self._entry(trial)
+        entry = self._changed(trial)
         entry.status, entry.error = status, error
-        self._save()
+        self._journal(trial.config["trial"])
         self.ended += 1
         if self.notify:
             self.notify(self.ended, len(self.table.plan))
@@ -346,8 +364,9 @@ def run_sweep(
             len(table.unfinished()),
             len(plan),
         )
+    if table.unfinished() or trialtable.journal(where).exists():
+        table.settle(where)  # the journal read (or one beside an ignored table) goes
     if table.unfinished():
-        table.write(where)
         trainable = tune.with_parameters(
             _trial,
             tensors_url=tensors_url,
@@ -453,7 +472,7 @@ def _fit(
         ).fit()
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    table.write(where)  # whatever the callbacks could not save during an outage
+    table.settle(where)  # every entry, also those the callbacks could not save in an outage
 
 
 def _trial_record(
