@@ -413,11 +413,13 @@ def _ignore_tune_state(folder: Location, table: Location) -> None:
 
 # Tune's own records of a sweep: CSV, JSON and TensorBoard files per trial (each result
 # flushed with an fsync) and snapshots of the whole experiment (every trial's state, so each
-# costs O(trials)) taken every few seconds. They go to the private folder deleted after the sweep;
-# braintl reads neither (its trial table is the sweep's record), and on 2 cores they cost 0.1 s
-# of the Tune driver's time a trial (profiled, docs/scaling.md). Off unless the environment sets
-# these variables itself; Tune still snapshots the experiment once at the end, and the JSON
-# logger stays (``_fit``): Tune's result grid reads its file and warns for each trial without.
+# costs O(trials)) taken every few seconds. They go to the private folder deleted after the
+# sweep; braintl reads neither (its trial table is the sweep's record). With them, 100 trials
+# took the driver 1.18× the wall time and 1.36× the CPU time (ABBA medians in one process,
+# benchmarks/results/scale-abba-2026-12-02-check.json; 4 more fsyncs a trial, docs/scaling.md).
+# Off unless the environment sets these variables itself; Tune still snapshots the experiment
+# once at the end, and the JSON logger stays (``_fit``): Tune's result grid reads its file and
+# warns for each trial without.
 TUNE_RECORDS_OFF = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "inf"}
 
 
