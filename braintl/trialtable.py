@@ -145,6 +145,8 @@ def _merge_journal(table: TrialTable, folder: Location) -> None:
     found = guarded(folder.url, folder.fs.find, folder.path)
     # Only entries: a local write's temporary file (".<name>.<random>.tmp") is not one yet.
     paths = [p for p in found if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
+    if not paths:
+        return
     for path, data in guarded(folder.url, folder.fs.cat, paths).items():
         trial_id = posixpath.basename(path).removesuffix(".json")
         try:

@@ -370,6 +370,7 @@ def test_a_journal_entry_braintl_did_not_write_is_ignored(tmp_path, caplog):
     entries = trialtable.journal(where)
     entries.join("a.json").write_bytes(b'{"format": "braintl-sweep-trial/1", "trial": 1}')
     entries.join("planted.json").write_bytes(entries.join("b.json").read_bytes())
+    entries.join(".a.json.x1.tmp").write_bytes(b"{")  # a local write a crash cut short
     with caplog.at_level(logging.WARNING):
         read = trialtable.read(where)
     assert {i: t.status for i, t in read.trials.items()} == {
@@ -379,6 +380,14 @@ def test_a_journal_entry_braintl_did_not_write_is_ignored(tmp_path, caplog):
     }
     assert "a.json: not a braintl journal entry" in caplog.text
     assert "no trial 'planted' in the table's plan" in caplog.text
+    assert ".tmp" not in caplog.text
+
+
+def test_a_journal_of_unfinished_writes_only_is_no_entry(tmp_path):
+    where = resolve(str(tmp_path / "sweep-trials.json"))
+    TrialTable.new({"a": {"model": "scratch_cnn/full"}}).write(where)
+    trialtable.journal(where).join(".a.json.x1.tmp").write_bytes(b"{")
+    assert trialtable.read(where).trials["a"].status == "pending"
 
 
 def test_a_failed_journal_write_is_retried_without_ending_the_sweep(tmp_path, caplog):
