@@ -235,7 +235,6 @@ class _TableWriter(tune.Callback):
         self.table, self.location, self.notify = table, location, notify
         self.ended = len(table.plan) - len(table.unfinished())
         self.interval_s, self.saved_at, self.unsaved = interval_s, -math.inf, False
-        self.unjournaled: set[str] = set()  # ends whose journal write failed, retried
 
     def _changed(self, trial) -> trialtable.Trial:
         entry = self.table.trials[trial.config["trial"]]
@@ -255,9 +254,7 @@ class _TableWriter(tune.Callback):
         self._progress()
 
     def on_step_end(self, iteration, trials, **info):
-        """Tune's loop turns several times a second: writes held back or failed go out here."""
-        for trial_id in sorted(self.unjournaled):
-            self._journal(trial_id)
+        """Tune's loop turns several times a second: progress held back is saved here."""
         if self.unsaved:
             self._progress()
 
@@ -288,17 +285,15 @@ class _TableWriter(tune.Callback):
             self.unsaved = True
             return
         self.unsaved = False
-        self.unjournaled.clear()  # the table holds those entries now
 
     def _journal(self, trial_id: str) -> None:
-        """At once, or retried at Tune's next step (and covered by the next table write)."""
+        """The trial's entry at once; in an outage, the next table write (throttled like the
+        progress: retrying each entry at every step of Tune's loop would stall it) holds it."""
         try:
             self.table.write_trial(self.location, trial_id)
         except StorageError as exc:
-            log.warning("trial %s's end not saved, retried at the next event: %s", trial_id, exc)
-            self.unjournaled.add(trial_id)
-            return
-        self.unjournaled.discard(trial_id)
+            log.warning("trial %s's entry not saved, retried with the table: %s", trial_id, exc)
+            self.unsaved = True
 
     def _end(self, trial, status: str, error: str | None) -> None:
         entry = self._changed(trial)
