@@ -1,14 +1,21 @@
 """The orchestration's own cost at scale: N trials and N fold-like tasks that do no work.
 
-Three layers, timed apart for N = 10, 100, ... (``--n``):
+Three layers, timed apart for N = 10, 100, ... (``--n``), and the trial table's bookkeeping:
 - **Tune**: a sweep of N trials of a trainable that only reports once (no compute), through
   braintl's own Tune run (ASHA, reused actors, ``--concurrency`` trials at once, the trial table
-  kept current by its callback), twice: with Tune's own per-trial logs and experiment snapshots
-  (Tune's default) and without them (braintl's setting), for the ratio;
+  kept current by its callback), in two variants: with Tune's own per-trial logs and experiment
+  snapshots (Tune's default) and without them (braintl's setting). They alternate ABBA in this
+  one process (``--repeats`` runs of each), so neither gains from going first or second; each
+  run and the medians are recorded, wall time and the driver's CPU time (the wall time is
+  mostly waiting for the trials' workers, which a loaded machine starves);
 - **Ray**: N Ray tasks that each write a small JSON record (what a fold returns), all submitted
   at once and gathered;
 - **Prefect**: one flow submitting N tasks that each write their record (ThreadPoolTaskRunner,
-  as the retrain flow's folds), against Prefect's temporary server (SQLite in its own home).
+  as the retrain flow's folds), against Prefect's temporary server (SQLite in its own home);
+- **trial table** (N = ``--table-n``): what the table's callback writes when a trial ends (its
+  journal entry, through braintl's storage layer, on local disk), bytes and seconds per end,
+  beside a write of the whole table at N trials (what each end cost before the journal, and
+  what the progress save costs at most every few seconds).
 
 Per-item overhead is wall time / N (the work itself is ~0). Ray's object-store peak (bytes in
 every node's store, from the raylet's store stats) is sampled while the Tune and Ray layers
@@ -28,6 +35,7 @@ import json
 import os
 import re
 import sqlite3
+import statistics
 import tempfile
 import threading
 import time
@@ -49,10 +57,15 @@ def _record(folder: str, i: int) -> dict:
     return record
 
 
-def tune_layer(n: int, concurrency: int, storage: str, tune_records: bool) -> float:
+def tune_layer(
+    n: int, concurrency: int, storage: str, tune_records: bool, run: int
+) -> tuple[float, float]:
     """N report-only trials through braintl's own Tune run (``tuning._fit``: ASHA, reused
     actors, ``concurrency`` at once, the trial table kept current); with ``tune_records`` Tune
-    keeps its own records as it does by default (braintl turns them off)."""
+    keeps its own records as it does by default (braintl turns them off). Returns the wall time
+    and the CPU time of this process, Tune's driver: the wall time is mostly waiting for the
+    trials' workers, which other load on the machine starves; the driver's CPU time is what
+    the records themselves cost it."""
     from ray import tune
 
     from braintl import tuning
@@ -69,12 +82,77 @@ def tune_layer(n: int, concurrency: int, storage: str, tune_records: bool) -> fl
             os.environ.pop(variable, None)  # braintl's own values, set by _fit
     table = TrialTable.new({f"t{i:04d}": {"model": "scratch_cnn/full"} for i in range(n)})
     sweep = tuning.SweepConfig(max_concurrent_trials=concurrency, cpus_per_trial=2 / concurrency)
-    where = resolve(storage).join(f"scale-{n}-{tune_records}.json")
-    started = time.perf_counter()
-    tuning._fit(trainable, table, where, sweep, 1, f"scale-{n}", None, None)
-    seconds = time.perf_counter() - started
+    where = resolve(storage).join(f"scale-{n}-{run}-trials.json")
+    started, cpu = time.perf_counter(), time.process_time()
+    tuning._fit(trainable, table, where, sweep, 1, f"scale-{n}-{run}", None, None)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert [t.status for t in table.trials.values()] == ["finished"] * n
-    return seconds
+    return seconds, cpu
+
+
+def tune_abba(n: int, concurrency: int, storage: str, repeats: int) -> dict:
+    """Both variants ``repeats`` times each, alternating A B B A A B ...: each run and the
+    medians of wall and driver CPU time (braintl's setting: ``tune_per_trial_s``)."""
+    runs = []
+    for i in range(repeats):
+        for records in (True, False) if i % 2 == 0 else (False, True):
+            seconds, cpu = tune_layer(n, concurrency, storage, records, len(runs))
+            runs.append({"tune_records": records, "s": round(seconds, 2), "cpu_s": round(cpu, 2)})
+
+    def median(key: str, records: bool) -> float:
+        return statistics.median(r[key] for r in runs if r["tune_records"] == records)
+
+    with_records, without = median("s", True), median("s", False)
+    cpu_with_records, cpu_without = median("cpu_s", True), median("cpu_s", False)
+    return {
+        "tune_with_its_records_s": round(with_records, 2),
+        "tune_with_its_records_per_trial_s": round(with_records / n, 3),
+        "tune_s": round(without, 2),
+        "tune_per_trial_s": round(without / n, 3),
+        "tune_records_cost_ratio": round(with_records / without, 2),
+        "tune_with_its_records_driver_cpu_per_trial_s": round(cpu_with_records / n, 4),
+        "tune_driver_cpu_per_trial_s": round(cpu_without / n, 4),
+        "tune_records_driver_cpu_ratio": round(cpu_with_records / cpu_without, 2),
+        "tune_runs": runs,
+    }
+
+
+def table_layer(n: int, storage: str) -> dict:
+    """The trial table's callback driven through N trials (start, one report, end) on real
+    storage: seconds and bytes of the end's write (the trial's journal entry), and of a write of
+    the whole N-trial table (the median of 5)."""
+    from types import SimpleNamespace
+
+    from braintl import trialtable
+    from braintl.storage import resolve
+    from braintl.trialtable import TrialTable
+    from braintl.tuning import _TableWriter
+
+    where = resolve(storage).join(f"table-{n}-trials.json")
+    table = TrialTable.new({f"t{i:04d}": {"model": "scratch_cnn/full"} for i in range(n)})
+    writer = _TableWriter(table, where, notify=None)
+    end_s = 0.0
+    for trial_id in table.plan:
+        trial = SimpleNamespace(config={"trial": trial_id})
+        writer.on_trial_start(0, [], trial)
+        writer.on_trial_result(0, [], trial, {"epoch": 1, "val_auc": 0.5, "train_loss": 0.7})
+        started = time.perf_counter()
+        writer.on_trial_complete(0, [], trial)
+        end_s += time.perf_counter() - started
+    entries = trialtable.journal(where)
+    end_bytes = [entries.fs.size(p) for p in entries.fs.find(entries.path)]
+    assert len(end_bytes) == n
+    whole = []
+    for _ in range(5):
+        started = time.perf_counter()
+        table.write(where)
+        whole.append(time.perf_counter() - started)
+    return {
+        "table_end_write_s": round(end_s / n, 5),
+        "table_end_bytes": round(statistics.mean(end_bytes)),
+        "table_whole_write_s": round(statistics.median(whole), 5),
+        "table_whole_bytes": where.fs.size(where.path),
+    }
 
 
 def object_store_used() -> int:
@@ -202,6 +280,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[10, 100, 500])
     parser.add_argument("--concurrency", type=int, default=4, help="trials at once")
+    parser.add_argument("--repeats", type=int, default=2, help="Tune runs of each variant")
+    parser.add_argument("--table-n", type=int, nargs="+", default=[10, 100, 500, 1000])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     # Prefect's temporary server in a home of its own (not ~/.prefect), given time to start on
@@ -223,17 +303,12 @@ def main() -> None:
             os.makedirs(folder)
             tune_dir = os.path.join(work, "tune")
             with object_store_peak() as tune_peak:
-                records_s = tune_layer(n, args.concurrency, tune_dir, tune_records=True)
-                tune_s = tune_layer(n, args.concurrency, tune_dir, tune_records=False)
+                tune = tune_abba(n, args.concurrency, tune_dir, args.repeats)
             with object_store_peak() as ray_peak:
                 ray_s = ray_layer(n, folder)
             row = {
                 "n": n,
-                "tune_with_its_records_s": round(records_s, 2),
-                "tune_with_its_records_per_trial_s": round(records_s / n, 3),
-                "tune_s": round(tune_s, 2),
-                "tune_per_trial_s": round(tune_s / n, 3),
-                "tune_records_cost_ratio": round(records_s / tune_s, 2),
+                **tune,
                 "tune_object_store_peak_bytes": tune_peak[0],
                 "ray_s": round(ray_s, 2),
                 "ray_per_task_s": round(ray_s / n, 4),
@@ -243,12 +318,18 @@ def main() -> None:
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
+        table_rows = []
+        for n in args.table_n:
+            table_rows.append({"n": n, **table_layer(n, os.path.join(work, "table"))})
+            print(json.dumps(table_rows[-1]), flush=True)
     result = {
         "benchmark": "bench_scale",
         **describe(load_before),
         "concurrency": args.concurrency,
+        "repeats": args.repeats,
         "goal": {"tune_per_trial_s_at_500": GOAL_TUNE_PER_TRIAL_S},
         "rows": rows,
+        "table_rows": table_rows,
     }
     at_500 = [r["tune_per_trial_s"] for r in rows if r["n"] == 500]
     if at_500:

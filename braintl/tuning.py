@@ -215,8 +215,9 @@ def _finite(value) -> float:
 
 # The table is rewritten whole and grows with the sweep, so writing it at every trial start and
 # epoch report cost O(trials²) bytes (1 000 trials: ~6 000 writes of up to 0.8 MB, ~4 min of the
-# Tune driver's loop). Those progress events are saved at most this often; a trial's end or
-# restart, and the sweep's end, are saved at once (a resume needs them).
+# Tune driver's loop). It is written at most this often; a trial's end or restart goes to
+# storage at once as that trial's journal entry alone (:mod:`braintl.trialtable`), and the sweep's
+# end settles the whole table.
 PROGRESS_SAVE_INTERVAL_S = 5.0
 
 
@@ -235,17 +236,19 @@ class _TableWriter(tune.Callback):
         self.ended = len(table.plan) - len(table.unfinished())
         self.interval_s, self.saved_at, self.unsaved = interval_s, -math.inf, False
 
-    def _entry(self, trial) -> trialtable.Trial:
-        return self.table.trials[trial.config["trial"]]
+    def _changed(self, trial) -> trialtable.Trial:
+        entry = self.table.trials[trial.config["trial"]]
+        entry.version += 1
+        return entry
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._entry(trial).status = "running"
+        self._changed(trial).status = "running"
         self._progress()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         fields = {k: result.get(k) for k in ("val_auc", "val_loss", "train_loss")}
         report = Report(epoch=result["epoch"], attempt=self.table.attempt, **fields)
-        entry = self._entry(trial)
+        entry = self._changed(trial)
         entry.reports.append(report)
         entry.placement = {k: result.get(k) for k in PLACEMENT}
         self._progress()
@@ -256,8 +259,8 @@ class _TableWriter(tune.Callback):
             self._progress()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._entry(trial).restarts += 1
-        self._save()
+        self._changed(trial).restarts += 1
+        self._journal(trial.config["trial"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "finished", None)
@@ -272,7 +275,8 @@ class _TableWriter(tune.Callback):
 
     def _save(self) -> None:
         """A storage outage must not end the sweep: the table is written again after the
-        interval, and once more when the sweep ends (where a failure fails the sweep task)."""
+        interval, and settled once more when the sweep ends (where a failure fails the sweep
+        task)."""
         self.saved_at = time.monotonic()
         try:
             self.table.write(self.location)
@@ -282,10 +286,19 @@ class _TableWriter(tune.Callback):
             return
         self.unsaved = False
 
+    def _journal(self, trial_id: str) -> None:
+        """The trial's entry at once; in an outage, the next table write (throttled like the
+        progress: retrying each entry at every step of Tune's loop would stall it) holds it."""
+        try:
+            self.table.write_trial(self.location, trial_id)
+        except StorageError as exc:
+            log.warning("trial %s's entry not saved, retried with the table: %s", trial_id, exc)
+            self.unsaved = True
+
     def _end(self, trial, status: str, error: str | None) -> None:
-        entry = self._entry(trial)
+        entry = self._changed(trial)
         entry.status, entry.error = status, error
-        self._save()
+        self._journal(trial.config["trial"])
         self.ended += 1
         if self.notify:
             self.notify(self.ended, len(self.table.plan))
@@ -346,8 +359,9 @@ def run_sweep(
             len(table.unfinished()),
             len(plan),
         )
+    if table.unfinished() or trialtable.journal(where).exists():
+        table.settle(where)  # the journal read (or one beside an ignored table) goes
     if table.unfinished():
-        table.write(where)
         trainable = tune.with_parameters(
             _trial,
             tensors_url=tensors_url,
@@ -394,11 +408,13 @@ def _ignore_tune_state(folder: Location, table: Location) -> None:
 
 # Tune's own records of a sweep: CSV, JSON and TensorBoard files per trial (each result
 # flushed with an fsync) and snapshots of the whole experiment (every trial's state, so each
-# costs O(trials)) taken every few seconds. They go to the private folder deleted after the sweep;
-# braintl reads neither (its trial table is the sweep's record), and on 2 cores they cost 0.1 s
-# of the Tune driver's time a trial (profiled, docs/scaling.md). Off unless the environment sets
-# these variables itself; Tune still snapshots the experiment once at the end, and the JSON
-# logger stays (``_fit``): Tune's result grid reads its file and warns for each trial without.
+# costs O(trials)) taken every few seconds. They go to the private folder deleted after the
+# sweep; braintl reads neither (its trial table is the sweep's record). With them, 100 trials
+# took the driver 1.18× the wall time and 1.36× the CPU time (ABBA medians in one process,
+# benchmarks/results/scale-abba-2026-12-02-check.json; 4 more fsyncs a trial, docs/scaling.md).
+# Off unless the environment sets these variables itself; Tune still snapshots the experiment
+# once at the end, and the JSON logger stays (``_fit``): Tune's result grid reads its file and
+# warns for each trial without.
 TUNE_RECORDS_OFF = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "inf"}
 
 
@@ -453,7 +469,7 @@ def _fit(
         ).fit()
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    table.write(where)  # whatever the callbacks could not save during an outage
+    table.settle(where)  # every entry, also those the callbacks could not save in an outage
 
 
 def _trial_record(

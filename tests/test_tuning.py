@@ -289,6 +289,118 @@ def test_trial_table_saves_progress_at_most_once_per_interval_and_ends_at_once(t
     assert [r.epoch for r in saved().trials["a"].reports] == [1]
 
     writer.on_trial_result(0, [], b, {"epoch": 1, "val_auc": 0.7})
-    writer.on_trial_complete(0, [], a)  # an end is saved at once, with what was held back
+    writer.on_trial_complete(0, [], a)  # an end is saved at once, as its own journal entry
     assert saved().trials["a"].status == "finished"
-    assert [r.epoch for r in saved().trials["b"].reports] == [1]
+    assert saved().trials["b"].reports == []  # progress still waits for the interval
+
+
+@pytest.fixture(params=["local", "s3"])
+def table_url(request, tmp_path):
+    """Where a trial table goes: a local folder, or a bucket on the real S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "sweep-trials.json")
+    return f"{request.getfixturevalue('s3_bucket')}/sweep/sweep-trials.json"
+
+
+def _writer(n: int, url: str):
+    """A table of ``n`` trials and its writer, whose first event writes the whole table and
+    whose next is an hour away."""
+    from types import SimpleNamespace
+
+    from braintl.tuning import _TableWriter
+
+    table = TrialTable.new({f"t{i:04d}": {"model": "scratch_cnn/full"} for i in range(n)})
+    writer = _TableWriter(table, resolve(url), notify=None, interval_s=3600)
+    return writer, SimpleNamespace(config={"trial": "t0000"})
+
+
+def _objects(url: str) -> dict[str, bytes]:
+    folder = resolve(url).parent
+    return {p: folder.fs.cat_file(p) for p in folder.fs.find(folder.path)}
+
+
+def test_a_trial_end_survives_a_crash_before_the_table_is_written(table_url):
+    """The table's throttle is not due when the trial ends: a resume reading storage right
+    then still sees it finished, and does not run it again."""
+    writer, trial = _writer(3, table_url)
+    writer.on_trial_start(0, [], trial)  # the whole table, once
+    writer.on_trial_result(0, [], trial, {"epoch": 1, "val_auc": 0.6})
+    writer.on_trial_complete(0, [], trial)
+    where = resolve(table_url)
+    assert json.loads(where.read_bytes())["trials"]["t0000"]["status"] == "running"  # stale
+    after_crash = trialtable.read(where)
+    assert after_crash.trials["t0000"].status == "finished"
+    assert [r.epoch for r in after_crash.trials["t0000"].reports] == [1]
+    assert after_crash.unfinished() == ["t0001", "t0002"]
+
+    after_crash.settle(where)  # the sweep's end: the table alone, no journal left
+    assert list(_objects(table_url)) == [where.path]
+    assert trialtable.read(where).trials["t0000"].status == "finished"
+
+
+def test_bytes_written_per_trial_end_do_not_grow_with_trials(table_url):
+    """Counted from storage: a trial's end writes its journal entry alone, the same object at
+    10 trials as at 1 000, and leaves the whole table as it was."""
+    written = {}
+    for n in (10, 1000):
+        url = table_url.replace("sweep-trials", f"sweep-{n}-trials")
+        writer, trial = _writer(n, url)
+        writer.on_trial_start(0, [], trial)
+        writer.on_trial_result(0, [], trial, {"epoch": 1, "val_auc": 0.6})
+        before = _objects(url)
+        writer.on_trial_complete(0, [], trial)
+        after = _objects(url)
+        [changed] = [p for p in after if after[p] != before.get(p)]
+        assert changed.endswith(f"sweep-{n}-trials.json.journal/t0000.json")
+        written[n] = len(after[changed])
+    assert written[10] == written[1000] < 1000, written
+
+
+def test_a_journal_entry_braintl_did_not_write_is_ignored(tmp_path, caplog):
+    """A malformed entry or one for a trial not in the plan is skipped with a warning; of an
+    entry and the table's copy, the one with more changes recorded wins."""
+    where = resolve(str(tmp_path / "sweep-trials.json"))
+    table = TrialTable.new({t: {"model": "scratch_cnn/full"} for t in ("a", "b", "c")})
+    table.trials["c"] = trialtable.Trial(status="running", version=5)
+    table.write(where)
+    table.trials["b"] = trialtable.Trial(status="finished", version=2)
+    table.trials["c"] = trialtable.Trial(status="error", error="lost", version=3)
+    for trial_id in ("b", "c"):
+        table.write_trial(where, trial_id)
+    entries = trialtable.journal(where)
+    entries.join("a.json").write_bytes(b'{"format": "braintl-sweep-trial/1", "trial": 1}')
+    entries.join("planted.json").write_bytes(entries.join("b.json").read_bytes())
+    entries.join(".a.json.x1.tmp").write_bytes(b"{")  # a local write a crash cut short
+    with caplog.at_level(logging.WARNING):
+        read = trialtable.read(where)
+    assert {i: t.status for i, t in read.trials.items()} == {
+        "a": "pending",  # malformed: ignored
+        "b": "finished",  # the journal's, newer
+        "c": "running",  # the table's, newer
+    }
+    assert "a.json: not a braintl journal entry" in caplog.text
+    assert "no trial 'planted' in the table's plan" in caplog.text
+    assert ".tmp" not in caplog.text
+
+
+def test_a_journal_of_unfinished_writes_only_is_no_entry(tmp_path):
+    where = resolve(str(tmp_path / "sweep-trials.json"))
+    TrialTable.new({"a": {"model": "scratch_cnn/full"}}).write(where)
+    trialtable.journal(where).join(".a.json.x1.tmp").write_bytes(b"{")
+    assert trialtable.read(where).trials["a"].status == "pending"
+
+
+def test_a_failed_journal_write_is_retried_without_ending_the_sweep(tmp_path, caplog):
+    """The journal's folder cannot be made (a file holds its name) when a trial ends: the end
+    is logged as not saved, and the next write of the whole table, once due, holds it."""
+    url = str(tmp_path / "sweep-trials.json")
+    writer, trial = _writer(2, url)
+    writer.on_trial_start(0, [], trial)
+    (tmp_path / "sweep-trials.json.journal").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        writer.on_trial_complete(0, [], trial)
+    assert "trial t0000's entry not saved, retried with the table" in caplog.text
+    assert trialtable.read(resolve(url)).trials["t0000"].status == "running"
+    writer.interval_s = 0  # the table's next write is due
+    writer.on_step_end(0, [])
+    assert trialtable.read(resolve(url)).trials["t0000"].status == "finished"
