@@ -5,8 +5,8 @@ its own Prefect home, so the Prefect database holds this run only, then reads ba
 
 - the stages' wall times the flow wrote to ``run.json``;
 - every Prefect task run's start and end (through ``prefect.get_client()``);
-- the compute the work measured itself: each Ray Tune trial's ``time_total_s`` (its last
-  ``result.json`` line, ending at that line's timestamp) and each fold's ``seconds`` (ending
+- the compute the work measured itself: each sweep trial's span (from its attempt's start to its
+  last report, as braintl's trial table records them) and each fold's ``seconds`` (ending
   when it wrote ``metrics.json``), plus the prepare task (decoding, augmentation, tensors).
 
 Orchestration is, as defined from the start, the wall time during which none of that compute
@@ -75,13 +75,19 @@ def task_runs() -> list[dict]:
 
 
 def trial_intervals(run_dir: Path) -> list[tuple[float, float]]:
-    """(start, end) of every Tune trial, from the last line of its ``result.json``."""
+    """(start, end) of every sweep trial's last attempt: when it started and when it last
+    reported, from braintl's trial tables (Tune's own records are kept in a private folder
+    deleted after the sweep)."""
+    from braintl import trialtable
+    from braintl.storage import resolve
+
     spans = []
-    for path in sorted(run_dir.glob("sweep/*/*/result.json")):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if lines:
-            last = lines[-1]
-            spans.append((last["timestamp"] - last["time_total_s"], float(last["timestamp"])))
+    for path in sorted(run_dir.glob("sweep/*-trials.json")):
+        table = trialtable.read(resolve(str(path)))
+        for trial in table.trials.values() if table else ():
+            started, reported = trial.placement.get("started"), trial.placement.get("reported")
+            if started is not None and reported is not None:
+                spans.append((float(started), float(reported)))
     return spans
 
 
