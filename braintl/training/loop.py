@@ -19,7 +19,6 @@ frozen VGG-16's checkpoint is its head (a few MB), not the 126 MB of the whole m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import math
@@ -37,7 +36,7 @@ from braintl.errors import UserError
 from braintl.metrics import evaluate, json_safe
 from braintl.models import apply_strategy, create_model, frozen_state_keys, resolve_strategy
 from braintl.storage import Location, resolve
-from braintl.training.checkpoint_writer import CheckpointWriter
+from braintl.training import pause
 from braintl.training.config import RESUMABLE_CHANGES, TrainConfig
 from braintl.training.device import (
     BatchSource,
@@ -379,14 +378,13 @@ def _train(
         if run.state.stopped_by in (None, EPOCHS):  # the epoch budget may have changed
             run.state.stopped_by = EPOCHS if run.state.epoch >= config.epochs else None
     state = run.state
-    checkpoints = CheckpointWriter(location) if location is not None else contextlib.nullcontext()
-    with checkpoints as writer:
-        while state.stopped_by is None:
-            record = run.epoch()
-            if callback is not None and _callback_stops(callback, record):
-                state.stopped_by = state.stopped_by or CALLBACK
-            if writer is not None:
-                writer.write(run.checkpoint(data_key), state.epoch)
+    while state.stopped_by is None:
+        record = run.epoch()
+        if callback is not None and _callback_stops(callback, record):
+            state.stopped_by = state.stopped_by or CALLBACK
+        if location is not None:
+            _write_checkpoint(location, run.checkpoint(data_key))
+            pause.after_checkpoint(state.epoch, location.url)
     run.load(state.best_state, "the best epoch's snapshot")
     run.model.eval()
     return TrainResult(
@@ -438,6 +436,12 @@ def _data_key(tensors: TensorSet, train_idx: np.ndarray, val_idx: np.ndarray) ->
     for array in (np.asarray(tensors.images.shape), train_idx, val_idx, tensors.labels):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def _write_checkpoint(location: Location, payload: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    location.write_bytes(buffer.getvalue())
 
 
 def _read_checkpoint(location: Location, config: TrainConfig, data_key: str) -> dict:

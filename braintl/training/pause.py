@@ -22,11 +22,6 @@ RELEASE = "release"
 MAX_WAIT_S = 600.0
 
 
-def requested() -> bool:
-    """Whether this process may hold after some checkpoint (the environment asks for it)."""
-    return bool(os.environ.get(PAUSE_ENV))
-
-
 def after_checkpoint(epoch: int, checkpoint_url: str) -> None:
     """Wait here if the environment asks for a pause after this epoch's checkpoint."""
     spec = os.environ.get(PAUSE_ENV)
