@@ -409,9 +409,9 @@ def _ignore_tune_state(folder: Location, table: Location) -> None:
 # Tune's own records of a sweep: CSV, JSON and TensorBoard files per trial (each result
 # flushed with an fsync) and snapshots of the whole experiment (every trial's state, so each
 # costs O(trials)) taken every few seconds. They go to the private folder deleted after the
-# sweep; braintl reads neither (its trial table is the sweep's record). With them, 100 trials
-# took the driver 1.18× the wall time and 1.36× the CPU time (ABBA medians in one process,
-# benchmarks/results/scale-abba-2026-12-02-check.json; 4 more fsyncs a trial, docs/scaling.md).
+# sweep; braintl reads neither (its trial table is the sweep's record). With them, the driver
+# took 1.29x the wall time and 1.33x the CPU time at 500 trials, 1.44x and 1.52x at 100 (A B B A
+# medians in one process, benchmarks/scale.json; docs/scaling.md).
 # Off unless the environment sets these variables itself; Tune still snapshots the experiment
 # once at the end, and the JSON logger stays (``_fit``): Tune's result grid reads its file and
 # warns for each trial without.

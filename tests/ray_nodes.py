@@ -111,6 +111,24 @@ def stop(node: Node) -> None:
     shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 
+def _start_worker(cluster: Cluster, i: int, args: list[str], env: dict, logs: Path) -> None:
+    """Worker ``i`` added to ``cluster.workers`` (stopped with the cluster) and alive. One at a
+    time, and started again once if the first start fails: Ray gives a raylet a fixed 30 s to
+    register with the GCS, which two nodes starting at once on a loaded 2-core machine can miss
+    ("The current node timed out during startup")."""
+
+    def start(log: str) -> None:
+        cluster.workers.append(node := _start(args, env, logs / log))
+        alive = lambda: _alive(cluster, 2 + i, env)  # noqa: E731
+        wait_until_up(f"Ray worker {i}", alive, node.process, node.log, 180)
+
+    try:
+        start(f"worker-{i}.log")
+    except RuntimeError:
+        stop(cluster.workers.pop())
+        start(f"worker-{i}-again.log")
+
+
 @contextmanager
 def ray_cluster(logs: Path, env: dict, workers: list[list[str]]):
     """A head (no CPUs, no GPUs: it only schedules and runs job drivers) and one worker node per
@@ -132,11 +150,7 @@ def ray_cluster(logs: Path, env: dict, workers: list[list[str]]):
             # Each node's own dashboard agent port: nodes sharing a host would collide on the
             # default, and a job's logs are read from the agent of its driver's node.
             args.append(f"--dashboard-agent-listen-port={free_port()}")
-            cluster.workers.append(_start(args, env, logs / f"worker-{i}.log"))
-        nodes = 1 + len(workers)
-        wait_until_up(
-            "Ray workers", lambda: _alive(cluster, nodes, env), head.process, head.log, 180
-        )
+            _start_worker(cluster, i, args, env, logs)
         yield cluster
     finally:
         for node in [*cluster.workers, head]:
