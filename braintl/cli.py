@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from braintl import __version__
@@ -25,10 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] == ["run"] and not {"-h", "--help"} & set(sys.argv):
+    as_process = argv is None  # the command line, not a caller in the same process
+    if as_process and sys.argv[1:2] == ["run"] and not {"-h", "--help"} & set(sys.argv):
         run.start_ephemeral_prefect()  # from the command line: its ~7 s overlap the imports
     parser = build_parser()
     args = parser.parse_args(argv)
+    if as_process:
+        _skip_long_lived()
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
@@ -37,6 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("braintl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if as_process:
+            _skip_long_lived()
+
+
+def _skip_long_lived() -> None:
+    """Leave every object alive now out of later garbage collections (``gc.freeze``).
+
+    torch's and torchvision's imports leave about a million long-lived objects; each full
+    collection walks them all (0.2 s here), a few times during a run and again while the
+    interpreter shuts down: about 1.5 s of a 25 s ``braintl train``, for garbage that is never
+    there. Frozen objects are still freed when their last reference goes; a reference cycle
+    among them is left to the process's exit. Only for the command line's own process: a
+    caller in the same process keeps its collector as it was.
+    """
+    gc.freeze()
 
 
 if __name__ == "__main__":
