@@ -31,7 +31,7 @@ from braintl.data.prepare import prepare
 from braintl.data.tensors import TensorSet
 from braintl.errors import UserError
 from braintl.metrics import json_safe
-from braintl.models import HEADS, STRATEGIES, list_models
+from braintl.models import HEADS, STRATEGIES, list_models, preload
 from braintl.publish import MODEL_DIR, Member, package_info, write_package
 from braintl.runclaim import new_run_id
 from braintl.storage import resolve
@@ -97,6 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
     log = sys.stderr if args.json else sys.stdout
     data_url = data_or_phantoms(args.data, args.out, log)
     start = time.perf_counter()
+    preload(config.backbone)  # its library's import overlaps the decoding
     prepared = prepare(data_url, args.cache or args.out, data_config)
     tensors = TensorSet.load(prepared.tensors_url)
     train_idx, val_idx = tensors.fold(args.fold)

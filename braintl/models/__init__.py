@@ -9,7 +9,7 @@ Typical use (``uint8_images``: N×3×H×W, values 0..255)::
     logits = model(uint8_images)  # [N] tumor logits; normalisation happens inside
 """
 
-from braintl.models.factory import create_model
+from braintl.models.factory import create_model, preload
 from braintl.models.heads import HEADS
 from braintl.models.model import BrainTLModel
 from braintl.models.registry import list_models
@@ -37,5 +37,6 @@ __all__ = [
     "frozen_state_keys",
     "list_models",
     "list_strategies",
+    "preload",
     "resolve_strategy",
 ]

@@ -57,6 +57,7 @@ def _torchvision(name: str, builder: Callable[..., nn.Module], weights, pretrain
         std=IMAGENET_STD,
         strategies=PRETRAINED_STRATEGIES,
         pretrained="torchvision MobileNet_V2_Weights.IMAGENET1K_V2",
+        imports=("torchvision.models",),
     )
 )
 def mobilenet_v2(pretrained: bool) -> nn.Module:
@@ -88,6 +89,7 @@ def mobilenet_v2(pretrained: bool) -> nn.Module:
         std=IMAGENET_STD,
         strategies=PRETRAINED_STRATEGIES,
         pretrained="torchvision VGG16_Weights.IMAGENET1K_V1",
+        imports=("torchvision.models",),
     )
 )
 def vgg16(pretrained: bool) -> nn.Module:
@@ -126,6 +128,7 @@ def vgg16(pretrained: bool) -> nn.Module:
         std=IMAGENET_STD,
         strategies=PRETRAINED_STRATEGIES,
         pretrained="torchvision ResNet50_Weights.IMAGENET1K_V2",
+        imports=("torchvision.models",),
     )
 )
 def resnet50(pretrained: bool) -> nn.Module:
@@ -156,6 +159,7 @@ _XCEPTION = "legacy_xception.tf_in1k"
         std=(0.5, 0.5, 0.5),
         strategies=PRETRAINED_STRATEGIES,
         pretrained=f"timm {_XCEPTION}",
+        imports=("timm",),
     )
 )
 def xception(pretrained: bool) -> nn.Module:

@@ -36,7 +36,8 @@ class BackboneSpec:
     unfreezing walks them backwards and ``finetune`` trains the last one. ``mean``/``std`` are
     in [0, 1] units: the normalisation the pretrained weights were trained with.
     ``pretrained`` says where ``weights="imagenet"`` comes from, ``None`` when the architecture
-    has no pretrained weights.
+    has no pretrained weights. ``imports``: the modules its builder imports, which
+    :func:`~braintl.models.factory.preload` can load ahead.
     """
 
     name: str
@@ -46,3 +47,4 @@ class BackboneSpec:
     std: tuple[float, float, float]
     strategies: tuple[str, ...]
     pretrained: str | None
+    imports: tuple[str, ...] = ()
