@@ -48,10 +48,38 @@ def brain_crop_box(rgb: np.ndarray, threshold: int = 45) -> tuple[int, int, int,
     labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     if count == 0:
         return 0, h, 0, w
-    boxes = ndimage.find_objects(labels)
-    areas = [ndimage.binary_fill_holes(labels[box] == i + 1).sum() for i, box in enumerate(boxes)]
-    ys, xs = boxes[int(np.argmax(areas))]
+    ys, xs = _largest_filled(labels)
     return ys.start * factor, min(h, ys.stop * factor), xs.start * factor, min(w, xs.stop * factor)
+
+
+def _largest_filled(labels: np.ndarray) -> tuple[slice, slice]:
+    """The bounding box of the region whose area with its holes filled is largest (the first
+    such region on a tie): ``argmax`` of ``binary_fill_holes(labels[box] == i + 1).sum()``.
+
+    Computed without most of those fills: a region's filled area is at most its box's, so
+    regions are visited by box area, largest first, until no box can beat the best found.
+    A scan's head comes first and every speck after it is skipped; this was 60 % of the
+    duplicate search's CPU time."""
+    boxes = ndimage.find_objects(labels)
+    box_area = [(box[0].stop - box[0].start) * (box[1].stop - box[1].start) for box in boxes]
+    best, best_area = 0, -1
+    for i in sorted(range(len(boxes)), key=lambda i: -box_area[i]):  # stable: ties by index
+        if box_area[i] < best_area:
+            break
+        area = _filled_area(labels[boxes[i]] == i + 1)
+        if area > best_area or (area == best_area and i < best):
+            best, best_area = i, area
+    return boxes[best]
+
+
+def _filled_area(region: np.ndarray) -> int:
+    """``ndimage.binary_fill_holes(region).sum()`` in one labelling pass instead of iterated
+    dilations: every pixel but the background components (4-connected, as the fill's default
+    structure) that touch the edge."""
+    background, _ = ndimage.label(~region)
+    edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    outside = np.unique(edge[edge > 0])
+    return region.size - int(np.isin(background, outside).sum())
 
 
 def pad_to_square(rgb: np.ndarray) -> np.ndarray:
