@@ -28,8 +28,9 @@ WAIT_S = 1.0
 def train_fold(tensors_url: str, config: dict, fold: int, out_url: str) -> dict:
     """Train ``TrainConfig(**config)`` on fold ``fold`` and write model.pt and metrics.json.
 
-    A checkpoint under ``out_url`` is written every epoch, so a retried fold resumes where
-    the failed attempt stopped instead of starting over; it is removed once the results are in.
+    A checkpoint under ``out_url`` is written as training goes (see ``checkpoint_interval_s``),
+    so a retried fold resumes near where the failed attempt stopped instead of starting over;
+    it is removed once the results are in.
     """
     started = time.perf_counter()
     out = resolve(out_url)

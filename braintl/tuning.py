@@ -5,8 +5,8 @@ random draws of learning rate (log-uniform), dropout, head units and batch size 
 gets the same number of trials (``len(pairs) × num_samples`` in all) and none is crowded out by
 luck. An ASHA scheduler compares all trials on validation AUC, reported every epoch, and stops
 the weak ones early. A trial trains one fold of the tensor cache with the ordinary training
-loop; its per-epoch checkpoint lives in storage next to the sweep, so a restored sweep resumes
-interrupted trials where they stopped and never reruns finished ones.
+loop; its checkpoint lives in storage next to the sweep, so a restored sweep resumes
+interrupted trials from their last checkpoint and never reruns finished ones.
 
 Nothing a resume reads from storage can run code: the sweep's state there is braintl's JSON
 trial table (:mod:`braintl.trialtable`) and weights-only checkpoints, while Ray Tune's own,
@@ -461,8 +461,8 @@ def _fit(
                 name=name,
                 storage_path=private,
                 verbose=0,
-                # A trial whose worker dies (preemption, OOM kill) restarts; its per-epoch
-                # checkpoint is keyed by trial id, so it continues after its last epoch.
+                # A trial whose worker dies (preemption, OOM kill) restarts; its checkpoint is
+                # keyed by trial id, so it continues after its last checkpointed epoch.
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 callbacks=[_TableWriter(table, where, on_trial_end), JsonLoggerCallback()],
             ),

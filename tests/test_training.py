@@ -143,9 +143,16 @@ def test_callback_sees_every_epoch_and_can_stop(blobs):
     assert len(result.history) == 1 and result.stopped_by == "callback"
 
 
-def test_checkpoint_resume_continues_where_it_stopped(blobs, tmp_path):
+@pytest.mark.parametrize(
+    ("interval_s", "rerun"),
+    [
+        (0, [3, 4]),  # every epoch: epoch 3's checkpoint was not written before the crash
+        (1e9, [2, 3, 4]),  # only the first epoch's: the interval never passed
+    ],
+)
+def test_checkpoint_resume_continues_where_it_stopped(blobs, tmp_path, interval_s, rerun):
     train_idx, val_idx = blobs.fold(0)
-    config = TrainConfig(**{**FAST, "epochs": 4})
+    config = TrainConfig(**{**FAST, "epochs": 4, "checkpoint_interval_s": interval_s})
     full = train(blobs, train_idx, val_idx, config)
 
     def crash_at_3(record):
@@ -157,7 +164,7 @@ def test_checkpoint_resume_continues_where_it_stopped(blobs, tmp_path):
         train(blobs, train_idx, val_idx, config, callback=crash_at_3, checkpoint_url=url)
     epochs_run = []
     resumed = train(blobs, train_idx, val_idx, config, lambda r: epochs_run.append(r["epoch"]), url)
-    assert epochs_run == [3, 4]  # epoch 3's checkpoint was not written before the crash
+    assert epochs_run == rerun
     assert strip_seconds(resumed.history) == strip_seconds(full.history)
     assert states_equal(resumed.model, full.model)
 
@@ -229,7 +236,8 @@ def test_warmup_trains_the_head_alone_then_opens_the_last_block(blobs, scripted_
     """The seed's two-stage fine-tuning: a new head learns on the frozen backbone, then the
     last block trains too, with a fresh optimizer; a resume across the switch changes nothing."""
     finetune = {"backbone": "mobilenet_v2", "strategy": "finetune", "head": "gap"}
-    config = TrainConfig(**{**FAST, **finetune, "epochs": 4, "warmup_epochs": 2})
+    every_epoch = {"checkpoint_interval_s": 0}  # epoch 3's checkpoint: a resume after the switch
+    config = TrainConfig(**{**FAST, **finetune, "epochs": 4, "warmup_epochs": 2, **every_epoch})
     # The last epoch is best, so its weights come back; the resume rescores epoch 4 only.
     scripted_auc([0.5, 0.6, 0.7, 0.8] * 2 + [0.8])
     full = train(blobs, *blobs.fold(0), config)

@@ -15,7 +15,15 @@ from braintl.models.registry import get_entry
 # Fields that may differ when a run resumes from a checkpoint: they do not change what was
 # learned so far (a longer budget, another machine, compiled kernels).
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "device", "num_threads", "compile", "feature_cache", "feature_memory_budget_mb"}
+    {
+        "epochs",
+        "device",
+        "num_threads",
+        "compile",
+        "feature_cache",
+        "feature_memory_budget_mb",
+        "checkpoint_interval_s",
+    }
 )
 
 # Strategies with a frozen start worth warming a new head on before blocks open.
@@ -63,6 +71,12 @@ class TrainConfig(BaseModel):
     )
     compile: bool = Field(
         False, description="torch.compile the training forward (cost: first-epoch overhead)"
+    )
+    checkpoint_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="with a checkpoint URL, write one after an epoch when this many seconds "
+        "passed since the last (0: every epoch); the first and last epochs are always written",
     )
 
     @field_validator("backbone")

@@ -341,7 +341,8 @@ def train(
     ``callback(record)`` runs after every epoch with that epoch's history record (epoch, stage,
     train_loss, val_loss, val_auc, val_acc, lr, seconds); returning True or raising
     :class:`StopTraining` ends training after that epoch. With ``checkpoint_url`` (a file URL),
-    model, optimizer, RNG and history are written through storage after every epoch, and a run
+    model, optimizer, RNG and history are written through storage after the first epoch, the
+    last, and any epoch ending ``config.checkpoint_interval_s`` after the last write, and a run
     finding a checkpoint there continues from it — or, when that run had finished, returns its
     result without training. A finished run's checkpoint accepts a larger ``epochs``.
     """
@@ -378,12 +379,20 @@ def _train(
         if run.state.stopped_by in (None, EPOCHS):  # the epoch budget may have changed
             run.state.stopped_by = EPOCHS if run.state.epoch >= config.epochs else None
     state = run.state
+    written = -math.inf  # when this process last wrote the checkpoint
     while state.stopped_by is None:
         record = run.epoch()
         if callback is not None and _callback_stops(callback, record):
             state.stopped_by = state.stopped_by or CALLBACK
-        if location is not None:
+        # Not every short epoch: each write is the whole trainable state and Adam's moments
+        # (47 MB for MobileNetV2's paper head, 0.1 s), 15 % of a 0.6 s CPU epoch.
+        if location is not None and (
+            state.stopped_by is not None
+            or time.monotonic() - written >= config.checkpoint_interval_s
+            or pause.requested(state.epoch, location.url)
+        ):
             _write_checkpoint(location, run.checkpoint(data_key))
+            written = time.monotonic()
             pause.after_checkpoint(state.epoch, location.url)
     run.load(state.best_state, "the best epoch's snapshot")
     run.model.eval()

@@ -22,13 +22,22 @@ RELEASE = "release"
 MAX_WAIT_S = 600.0
 
 
-def after_checkpoint(epoch: int, checkpoint_url: str) -> None:
-    """Wait here if the environment asks for a pause after this epoch's checkpoint."""
+def requested(epoch: int, checkpoint_url: str) -> str | None:
+    """The pause folder when the environment asks for a pause after this epoch's checkpoint
+    (so that checkpoint must be written), else None."""
     spec = os.environ.get(PAUSE_ENV)
     if not spec:
-        return
+        return None
     at, _, folder = spec.partition(":")
     if epoch != int(at) or os.environ.get(ONLY_ENV, "") not in checkpoint_url:
+        return None
+    return folder
+
+
+def after_checkpoint(epoch: int, checkpoint_url: str) -> None:
+    """Wait here if the environment asks for a pause after this epoch's checkpoint."""
+    folder = requested(epoch, checkpoint_url)
+    if folder is None:
         return
     folder_path = Path(folder)
     release = folder_path / RELEASE
