@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
+from scipy import ndimage
 
 from braintl.data.phantoms import make_phantom
-from braintl.data.preprocess import PreprocessConfig, brain_crop_box, pad_to_square, preprocess
+from braintl.data.preprocess import (
+    PreprocessConfig,
+    _filled_area,
+    _largest_filled,
+    brain_crop_box,
+    pad_to_square,
+    preprocess,
+)
 
 DATA_DIR = os.environ.get("BRAINTL_DATA_DIR")
 
@@ -83,6 +91,20 @@ def test_crop_finds_the_head_in_a_phantom_and_ignores_specks():
     cropped = preprocess(canvas, PreprocessConfig(image_size=64, crop=True))
     full = preprocess(canvas, PreprocessConfig(image_size=64))
     assert (cropped > 45).mean() > 2 * (full > 45).mean()  # the head fills the frame
+
+
+def test_the_largest_filled_region_is_the_one_every_fill_would_pick():
+    """The pruned search equals filling every region with scipy (ties: the first region)."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        mask = rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.2, 0.8)
+        assert _filled_area(mask) == ndimage.binary_fill_holes(mask).sum()
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        if count:
+            boxes = ndimage.find_objects(labels)
+            fill = ndimage.binary_fill_holes
+            areas = [fill(labels[b] == i + 1).sum() for i, b in enumerate(boxes)]
+            assert _largest_filled(labels) == boxes[int(np.argmax(areas))]
 
 
 def test_crop_falls_back_to_the_whole_image_when_nothing_is_bright():
