@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 
@@ -14,7 +16,14 @@ from braintl.data.duplicates import DEFAULT_NEAR_DISTANCE
 from braintl.data.listing import list_images
 from braintl.data.manifest import scan
 from braintl.data.phantoms import data_or_phantoms
-from braintl.data.prepare import DataConfig, build_tensors, part_sizes, prepare, scan_data
+from braintl.data.prepare import (
+    DataConfig,
+    Prepared,
+    build_tensors,
+    part_sizes,
+    prepare,
+    scan_data,
+)
 from braintl.data.signature import COPY_DISTANCE
 from braintl.data.splits import PROTOCOLS, leakage, members
 from braintl.errors import UserError
@@ -47,9 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--out", default=default_out(), metavar="OUT_URL", help=OUT_HELP)
     add_validation_args(prep)
     add_split_args(prep)
-    prep.add_argument("--image-size", type=int, default=224)
-    prep.add_argument("--crop", action="store_true", help="crop to the brain before resizing")
-    prep.add_argument("--no-augment", action="store_true", help="skip offline augmentation")
+    add_tensor_args(prep)
     prep.add_argument("--json", action="store_true", help="print one JSON object")
     prep.set_defaults(handler=run_prepare)
 
@@ -129,6 +136,12 @@ def add_split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def add_tensor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--crop", action="store_true", help="crop to the brain before resizing")
+    p.add_argument("--no-augment", action="store_true", help="skip offline augmentation")
+
+
 def parse_label_map(text: str) -> dict[str, str]:
     pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
     if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
@@ -165,6 +178,36 @@ def config_from_args(args: argparse.Namespace, **overrides) -> DataConfig:
         return DataConfig(**fields)
     except ValidationError as exc:
         raise UserError(_explain(exc)) from None
+
+
+def tensor_config(args: argparse.Namespace) -> DataConfig:
+    """The data settings of a command that builds tensors (``add_tensor_args`` and the rest)."""
+    return config_from_args(
+        args,
+        preprocess={"image_size": args.image_size, "crop": args.crop},
+        augment={"enabled": not args.no_augment},
+    )
+
+
+@dataclass(frozen=True)
+class DataJob:
+    """A tensor cache to make sure of: the data (None: phantoms written under ``out``), where
+    the cache goes, its settings, and whether messages go to stderr (stdout carries JSON)."""
+
+    data: str | None
+    out: str
+    cache: str
+    config: DataConfig
+    quiet_stdout: bool
+
+    def run(self, before_write: Callable[[], None] | None = None) -> tuple[str, Prepared]:
+        """The data URL used and the prepared cache; ``before_write`` as in ``prepare``, and
+        before phantoms are written."""
+        if self.data is None and before_write is not None:
+            before_write()
+        log = sys.stderr if self.quiet_stdout else sys.stdout
+        data_url = data_or_phantoms(self.data, self.out, log)
+        return data_url, prepare(data_url, self.cache, self.config, before_write)
 
 
 def _explain(exc: ValidationError) -> str:
@@ -327,13 +370,8 @@ def _print_split(result: dict) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    overrides = {
-        "preprocess": {"image_size": args.image_size, "crop": args.crop},
-        "augment": {"enabled": not args.no_augment},
-    }
-    config = config_from_args(args, **overrides)
-    data_url = data_or_phantoms(args.data_url, args.out, sys.stderr if args.json else sys.stdout)
-    prepared = prepare(data_url, args.out, config)
+    config = tensor_config(args)
+    _, prepared = DataJob(args.data_url, args.out, args.out, config, args.json).run()
     meta = prepared.meta
     result = {
         "tensors_url": prepared.tensors_url,

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,8 +141,16 @@ def scan_data(data_url: str, config: DataConfig) -> tuple[Manifest, dict[str, np
     return manifest, pixels
 
 
-def prepare(data_url: str, out_url: str, config: DataConfig | None = None) -> Prepared:
-    """Make sure the tensor cache for ``data_url`` and ``config`` exists under ``out_url``."""
+def prepare(
+    data_url: str,
+    out_url: str,
+    config: DataConfig | None = None,
+    before_write: Callable[[], None] | None = None,
+) -> Prepared:
+    """Make sure the tensor cache for ``data_url`` and ``config`` exists under ``out_url``.
+
+    ``before_write`` runs once the tensors are built, before anything is written: a caller
+    that started early can wait there for the go-ahead (or raise to write nothing)."""
     config = config or DataConfig()
     start = time.perf_counter()
     manifest, pixels = scan_data(data_url, config)
@@ -157,6 +166,8 @@ def prepare(data_url: str, out_url: str, config: DataConfig | None = None) -> Pr
         "data_url": manifest.root,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if before_write is not None:
+        before_write()
     _write(target, TensorSet(**{**tensors.__dict__, "meta": meta}), manifest)
     return Prepared(target.url, key, False, manifest, meta)
 
