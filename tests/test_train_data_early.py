@@ -45,7 +45,8 @@ def test_command_line_run_equals_the_in_process_run(tmp_path, phantom_dir, capsy
     assert cache.startswith(str(tmp_path / "cli"))
     assert cache.rsplit("/", 1)[1] == inline["data"]["tensors_url"].rsplit("/", 1)[1]
     assert forked["history"] == [
-        {**r, "seconds": f["seconds"]} for r, f in zip(inline["history"], forked["history"])
+        {**r, "seconds": f["seconds"]}
+        for r, f in zip(inline["history"], forked["history"], strict=True)
     ]
     _no_process_left(tmp_path / "cli")
 
