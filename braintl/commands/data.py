@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.set_defaults(handler=run_prepare)
 
 
-def add_validation_args(p: argparse.ArgumentParser) -> None:
+def add_validation_args(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--label-map",
         default="yes=tumor,no=no_tumor",
@@ -129,14 +129,14 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_split_args(p: argparse.ArgumentParser) -> None:
+def add_split_args(p: argparse._ActionsContainer) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="groups")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--test-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
 
 
-def add_tensor_args(p: argparse.ArgumentParser) -> None:
+def add_tensor_args(p: argparse._ActionsContainer) -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--crop", action="store_true", help="crop to the brain before resizing")
     p.add_argument("--no-augment", action="store_true", help="skip offline augmentation")

@@ -30,21 +30,24 @@ SCORES = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "brier"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train and score one model on one fold")
+    model = p.add_argument_group("model and training")
+    model.add_argument(
+        "--backbone", default="scratch_cnn", help=f"one of {', '.join(list_models())}"
+    )
+    model.add_argument("--strategy", default="full", help=f"one of {', '.join(STRATEGIES)}")
+    model.add_argument("--weights", default="none", help="imagenet, none, or a state-dict URL")
+    model.add_argument("--head", default="paper", help=f"one of {', '.join(HEADS)}")
+    model.add_argument("--head-units", type=int)
+    model.add_argument("--dropout", type=float)
+    model.add_argument("--epochs", type=int, default=18)
+    model.add_argument("--batch-size", type=int, default=18)
+    model.add_argument("--lr", type=float, default=1e-3)
+    model.add_argument("--backbone-lr-factor", type=float, default=0.1)
+    model.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    model.add_argument("--fold", type=int, default=0, help="validation fold (default: 0)")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    model.add_argument("--num-threads", type=int, help="torch CPU threads")
     train_data.add_args(p)
-    p.add_argument("--backbone", default="scratch_cnn", help=f"one of {', '.join(list_models())}")
-    p.add_argument("--strategy", default="full", help=f"one of {', '.join(STRATEGIES)}")
-    p.add_argument("--weights", default="none", help="imagenet, none, or a state-dict URL")
-    p.add_argument("--head", default="paper", help=f"one of {', '.join(HEADS)}")
-    p.add_argument("--head-units", type=int)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--epochs", type=int, default=18)
-    p.add_argument("--batch-size", type=int, default=18)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backbone-lr-factor", type=float, default=0.1)
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
-    p.add_argument("--fold", type=int, default=0, help="validation fold (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--num-threads", type=int, help="torch CPU threads")
     p.set_defaults(handler=run_train)
 
 

@@ -40,11 +40,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     """``braintl train``'s options that decide its data; ``job`` reads them back."""
     p.add_argument("--data", default=default_data(), metavar="URL", help=DATA_HELP)
     p.add_argument("--out", default=f"{default_out()}/train", metavar="URL", help=OUT_HELP)
-    p.add_argument("--cache", metavar="URL", help="where the tensor cache lives (default: --out)")
-    add_tensor_args(p)
-    add_split_args(p)
-    add_validation_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--cache", metavar="URL", help="where the tensor cache lives (default: --out)"
+    )
+    add_tensor_args(data)
+    add_split_args(data)
+    add_validation_args(data)
 
 
 def job(args: argparse.Namespace) -> DataJob:
