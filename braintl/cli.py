@@ -32,11 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         run.start_ephemeral_prefect()  # from the command line: its ~7 s overlap the imports
     elif command == ["train"]:
         train_data.start(sys.argv[2:])  # the data's ~4 s overlap the imports
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if as_process:
-        _skip_long_lived()
     try:
+        args = build_parser().parse_args(argv)  # Ctrl-C during the imports reads as below
+        if as_process:
+            _skip_long_lived()
         return int(args.handler(args) or 0)
     except UserError as exc:
         print(f"braintl: error: {exc}", file=sys.stderr)

@@ -130,6 +130,7 @@ def test_progress_display_draws_what_the_flow_reports(terminal):
 
 
 def test_prefect_info_lines_leave_the_terminal_unless_verbose():
+    import prefect.main  # noqa: F401  Prefect's logging set-up, as the flow's own import runs it
     from prefect.logging.handlers import PrefectConsoleHandler
 
     console = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
