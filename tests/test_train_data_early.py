@@ -116,3 +116,14 @@ def test_a_different_job_stops_the_early_process_and_prepares_inline(tmp_path, p
     assert metrics["timings"]["data_early"] is False
     assert metrics["data"]["config"]["preprocess"]["image_size"] == 32
     assert not early_out.exists()
+
+
+def test_without_data_the_early_process_writes_the_phantoms_once_claimed(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli(["--out", str(out), *SMALL, "--epochs", "1", "--no-augment", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout)
+    assert metrics["timings"]["data_early"] is True
+    assert metrics["data"]["url"] == str(out / "phantoms")
+    assert (out / "phantoms" / "_COMPLETE.json").exists()
+    assert "using synthetic phantoms" in proc.stderr  # --json: messages on stderr, not stdout
