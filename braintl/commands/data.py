@@ -201,12 +201,10 @@ class DataJob:
     quiet_stdout: bool
 
     def run(self, before_write: Callable[[], None] | None = None) -> tuple[str, Prepared]:
-        """The data URL used and the prepared cache; ``before_write`` as in ``prepare``, and
-        before phantoms are written."""
-        if self.data is None and before_write is not None:
-            before_write()
+        """The data URL used and the prepared cache; ``before_write`` runs before the first
+        write (phantoms, tensor cache), as in ``prepare``."""
         log = sys.stderr if self.quiet_stdout else sys.stdout
-        data_url = data_or_phantoms(self.data, self.out, log)
+        data_url = data_or_phantoms(self.data, self.out, log, before_write)
         return data_url, prepare(data_url, self.cache, self.config, before_write)
 
 

@@ -20,7 +20,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -189,13 +189,21 @@ def is_phantom_set(relpaths: Iterable[str]) -> bool:
     return bool(names) and all(PHANTOM_FILE.fullmatch(name) for name in names)
 
 
-def data_or_phantoms(data_url: str | None, out_url: str, log: TextIO) -> str:
+def data_or_phantoms(
+    data_url: str | None,
+    out_url: str,
+    log: TextIO,
+    before_write: Callable[[], None] | None = None,
+) -> str:
     """The data URL given, or else seeded synthetic phantoms written once under ``out_url``:
-    the demo every entry point (CLI, flow) falls back to, so all of them share one set."""
+    the demo every entry point (CLI, flow) falls back to, so all of them share one set.
+    ``before_write`` runs before they are written (as in ``prepare``)."""
     if data_url is not None:
         return data_url
     phantoms = resolve(out_url).join("phantoms")
     if not phantoms.is_complete():
+        if before_write is not None:
+            before_write()
         write_phantom_dataset(phantoms.url, seed=0)
         phantoms.mark_complete({"seed": 0})
     print(f"no data URL given: using synthetic phantoms in {phantoms.url}", file=log)
