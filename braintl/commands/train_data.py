@@ -12,7 +12,7 @@ prepared cache. If it differs, or the early parse failed, the process is stopped
 prepares the data itself. So errors read as before, a command that fails its checks writes
 nothing, and an in-process caller, which gets no fork, has the same result the same way.
 
-Linux only: elsewhere (or with ``fork`` unavailable) the command prepares inline.
+Linux only (``fork``): elsewhere the command prepares inline.
 """
 
 from __future__ import annotations
@@ -54,15 +54,11 @@ def job(args: argparse.Namespace) -> DataJob:
     return DataJob(args.data, args.out, args.cache or args.out, tensor_config(args), args.json)
 
 
-class _ParseError(Exception):
-    pass
-
-
 class _QuietParser(argparse.ArgumentParser):
     """Raises instead of printing usage and exiting: the command's own parser reports."""
 
     def error(self, message: str):
-        raise _ParseError(message)
+        raise ValueError(message)
 
 
 def _early_job(argv: list[str]) -> DataJob | None:
@@ -87,13 +83,12 @@ def _serve(argv: list[str], conn: Connection, commands_end: Connection) -> None:
 
     def wait_for_go() -> None:
         nonlocal allowed
+        if allowed:
+            return
+        with contextlib.suppress(EOFError):  # EOF: the command ended without claiming the job
+            allowed = conn.recv()
         if not allowed:
-            try:
-                allowed = conn.recv()
-            except EOFError:  # the command ended without claiming the job
-                allowed = False
-            if not allowed:
-                raise _Stopped
+            raise _Stopped
 
     try:
         work = _early_job(argv)
