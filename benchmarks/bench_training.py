@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,8 +216,11 @@ def main() -> None:
     ratios = write_report(args, load_before, split, runs, earlier)
     for side, ratio in ratios.items():
         cpu = f", CPU time ×{ratio['cpu']:.2f}" if "cpu" in ratio else ""
+        pairs = ratio.get("whole_by_pair")
+        each = f" (by pair: {', '.join(f'{p:.1f}' for p in pairs)})" if pairs else ""
         print(
-            f"{side}: whole process ×{ratio['whole']:.2f}, training only ×{ratio['train']:.2f}{cpu}"
+            f"{side}: whole process ×{ratio['whole']:.2f}{each}, "
+            f"training only ×{ratio['train']:.2f}{cpu}"
         )
     print(f"load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}; JSON: {args.out}")
 
@@ -232,6 +236,7 @@ def write_report(args, load_before, split: str, runs: list[dict], earlier: dict 
             "whole": r["whole_s"] / ours["whole_s"],
             "train": r["train_s"] / ours["train_s"],
             **({"cpu": r["cpu_s"] / ours["cpu_s"]} if "cpu_s" in r else {}),
+            **({} if earlier else _pairs(runs, side)),
         }
         for side, r in sides.items()
         if side != "braintl"
@@ -250,6 +255,17 @@ def write_report(args, load_before, split: str, runs: list[dict], earlier: dict 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return ratios
+
+
+def _pairs(runs: list[dict], side: str) -> dict:
+    """Whole-process ratios run by run: the n-th run of ``side`` over braintl's n-th, taken
+    minutes apart, and their median. On a shared machine whose speed drifts (here the same
+    braintl run took 13 to 27 s within 20 minutes), a pair sees one speed more nearly than
+    the medians of the two sides, which are taken at different times."""
+    theirs = [r["whole_s"] for r in runs if r["side"] == side]
+    ours = [r["whole_s"] for r in runs if r["side"] == "braintl"]
+    by_pair = [t / o for t, o in zip(theirs, ours, strict=False)]
+    return {"whole_by_pair": by_pair, "whole_median_of_pairs": statistics.median(by_pair)}
 
 
 def _earlier(args) -> dict:
