@@ -31,7 +31,7 @@ from PIL import Image
 from scipy.fft import dctn
 
 from braintl.data import signature as sig
-from braintl.data.preprocess import brain_crop_box
+from braintl.data.preprocess import head_box
 
 HASH_SIZE = 16  # 16×16 DCT coefficients: a 256-bit hash
 HASH_BYTES = HASH_SIZE * HASH_SIZE // 8
@@ -48,14 +48,15 @@ def pixel_hash(rgb: np.ndarray) -> str:
 
 def perceptual_hash(rgb: np.ndarray) -> str:
     """Frame and brain-box DCT hashes, as one hex string of 2 × 256 bits."""
-    y0, y1, x0, x1 = brain_crop_box(rgb)
-    return (_dct_hash(rgb) + _dct_hash(rgb[y0:y1, x0:x1])).hex()
+    grey = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))
+    y0, y1, x0, x1 = head_box(grey)
+    return (_dct_hash(grey) + _dct_hash(grey[y0:y1, x0:x1])).hex()
 
 
-def _dct_hash(rgb: np.ndarray) -> bytes:
+def _dct_hash(grey: np.ndarray) -> bytes:
     size = HASH_SIZE * 4
-    grey = Image.fromarray(rgb).convert("L").resize((size, size), Image.Resampling.LANCZOS)
-    low = dctn(np.asarray(grey, dtype=np.float64), norm="ortho")[:HASH_SIZE, :HASH_SIZE].ravel()
+    small = Image.fromarray(grey).resize((size, size), Image.Resampling.LANCZOS)
+    low = dctn(np.asarray(small, dtype=np.float64), norm="ortho")[:HASH_SIZE, :HASH_SIZE].ravel()
     return np.packbits(low > np.median(low[1:])).tobytes()
 
 

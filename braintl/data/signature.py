@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
+from braintl.data.masks import box_max, box_min, fill_holes
+
 ANALYSIS_SIDE = 128  # px: coarse enough to ignore JPEG noise, fine enough to tell scans apart
 RINGS, ANGLES, HARMONICS = 32, 64, 12
 SIZE = RINGS * HARMONICS + (RINGS - 1) * HARMONICS
@@ -62,13 +64,13 @@ def head_mask(grey: np.ndarray) -> np.ndarray:
     regions, _ = ndimage.label(flat)
     border = np.unique(np.r_[regions[0], regions[-1], regions[:, 0], regions[:, -1]])
     fill = np.isin(regions, border[border > 0])
-    mask &= ~ndimage.maximum_filter(fill, 7)
-    mask = ndimage.maximum_filter(ndimage.minimum_filter(mask, 5), 5)  # drop specks and text
+    mask &= ~box_max(fill, 7)
+    mask = box_max(box_min(mask, 5), 5)  # drop specks and text
     regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return np.ones_like(mask)
     sizes = ndimage.sum_labels(mask, regions, range(1, count + 1))
-    return ndimage.binary_fill_holes(regions == 1 + int(np.argmax(sizes)))
+    return fill_holes(regions == 1 + int(np.argmax(sizes)))
 
 
 def _otsu(grey: np.ndarray) -> int:
