@@ -2,9 +2,11 @@
 
 Each equals its ``scipy.ndimage`` counterpart exactly (tests/test_masks.py compares them on
 random masks of every shape down to 1 px). scipy's generic filters walk a bool image a line at
-a time through a buffer; shifted whole-array ``&``/``|`` of numpy views do the same work about 7×
-faster on the 100-500 px masks every scanned image gets, where these steps were a quarter of the
-duplicate search's CPU time.
+a time through a buffer; shifted whole-array ``&``/``|`` of numpy views do the same work faster
+(the head box's erosion and dilation of a 300×340 mask: 2.9 → 0.4 ms), which with one grey
+conversion per image takes the perceptual hash's CPU time down 1.21× (benchmarks/bench_scan.py).
+The signature's masks, at most 128 px, gain nothing measurable; it uses the same operations so
+that the data package has one implementation of each.
 """
 
 from __future__ import annotations
