@@ -107,14 +107,21 @@ def inspect(data: str, path: str) -> tuple[dict, dict]:
     return timing, {k: v for k, v in report.items() if k not in NOT_FINDINGS}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="a folder braintl data inspect reads")
+def against_baseline_args(doc: str, data_help: str, repeats: int, out: str) -> argparse.Namespace:
+    """The command line of a benchmark comparing this checkout with an earlier commit."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help=data_help)
     parser.add_argument("--baseline", required=True, help="the earlier commit")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per side, alternating")
-    parser.add_argument("--out", default=str(HERE / "results" / "bench_scan.json"))
+    parser.add_argument("--repeats", type=int, default=repeats, help="runs per side, alternating")
+    parser.add_argument("--out", default=str(HERE / "results" / out))
     args = parser.parse_args()
     args.data = os.path.abspath(args.data)
+    return args
+
+
+def main() -> None:
+    data_help = "a folder braintl data inspect reads"
+    args = against_baseline_args(__doc__, data_help, 5, "bench_scan.json")
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as old:
         sides = {"baseline": export(args.baseline, old), "now": str(ROOT)}

@@ -22,7 +22,7 @@ from braintl.models import HEADS, STRATEGIES, list_models, preload
 from braintl.publish import MODEL_DIR, Member, package_info, write_package
 from braintl.runclaim import new_run_id
 from braintl.storage import resolve
-from braintl.training import TrainConfig, evaluate_split, train
+from braintl.training import TRAINING_IMPORTS, TrainConfig, evaluate_split, train
 from braintl.urls import check_locations
 
 SCORES = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "brier", "ece")
@@ -76,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     early = train_data.take()  # a process preparing the data since before torch's import
     claimed = early is not None and early.claim(data_job)
-    preload(config.backbone)  # its library's import overlaps the data's preparation
+    preload(config.backbone, *TRAINING_IMPORTS)  # overlapping the data's preparation
     data_url, prepared = early.result() if claimed else data_job.run()
     tensors = TensorSet.load(prepared.tensors_url)
     train_idx, val_idx = tensors.fold(args.fold)

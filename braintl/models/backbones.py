@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from braintl.models.registry import register
 from braintl.models.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, Block
 from braintl.models.weights import fetch_imagenet
+from braintl.models.without_dynamo import meta_build
 
 PRETRAINED_STRATEGIES = ("frozen", "finetune", "progressive", "full")
 SCRATCH_CHANNELS = (32, 64, 128)
@@ -103,7 +103,7 @@ def vgg16(pretrained: bool) -> nn.Module:
     else:
         # Its classifier (120 M parameters, dropped here) takes 2 s of random initialisation:
         # build on the meta device and initialise the kept convolutions as torchvision does.
-        with torch.device("meta"):
+        with meta_build():
             features = build(weights=None).features
         features = features.to_empty(device="cpu")
         for module in features.modules():

@@ -9,6 +9,7 @@ from torch import nn
 
 from braintl.errors import UserError
 from braintl.models.spec import BackboneSpec
+from braintl.models.without_dynamo import import_library
 
 Builder = Callable[[bool], nn.Module]
 
@@ -18,7 +19,12 @@ class Entry:
     """A registered backbone: ``build(pretrained)`` returns the feature extractor (N×C×h×w)."""
 
     spec: BackboneSpec
-    build: Builder
+    builder: Builder
+
+    def build(self, pretrained: bool) -> nn.Module:
+        for module in self.spec.imports:  # before the builder's own import, which then finds it
+            import_library(module)
+        return self.builder(pretrained)
 
 
 _REGISTRY: dict[str, Entry] = {}

@@ -37,7 +37,8 @@ class BackboneSpec:
     in [0, 1] units: the normalisation the pretrained weights were trained with.
     ``pretrained`` says where ``weights="imagenet"`` comes from, ``None`` when the architecture
     has no pretrained weights. ``imports``: the modules its builder imports, which
-    :func:`~braintl.models.factory.preload` can load ahead.
+    :func:`~braintl.models.factory.preload` can load ahead (through
+    :func:`~braintl.models.without_dynamo.import_library`).
     """
 
     name: str

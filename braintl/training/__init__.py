@@ -9,9 +9,10 @@ from braintl.training.config import TrainConfig
 from braintl.training.device import resolve_device
 from braintl.training.evaluate import SplitEvaluation, evaluate_split
 from braintl.training.inference import predict_proba
-from braintl.training.loop import StopTraining, TrainResult, train
+from braintl.training.loop import TRAINING_IMPORTS, StopTraining, TrainResult, train
 
 __all__ = [
+    "TRAINING_IMPORTS",
     "SplitEvaluation",
     "StopTraining",
     "TrainConfig",

@@ -61,6 +61,9 @@ PROGRESSIVE = "progressive"
 CALLBACK = "callback"
 
 Callback = Callable[[dict], bool | None]
+# torch.optim's optimizers import torch._dynamo when built (``add_param_group`` is wrapped in
+# ``torch._disable_dynamo``), about 2 CPU s: a caller can import it ahead, beside other work.
+TRAINING_IMPORTS = ("torch._dynamo",)
 
 
 class StopTraining(Exception):
