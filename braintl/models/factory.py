@@ -44,13 +44,13 @@ def feature_shape(entry: Entry, image_size: int) -> tuple[int, int, int]:
     return channels, height, width
 
 
-def preload(name: str, *also: str) -> None:
-    """Start importing what backbone ``name``'s builder imports, then the modules ``also``,
+def preload(name: str, *first: str) -> None:
+    """Start importing the modules ``first``, then what backbone ``name``'s builder imports,
     in a background thread, so the imports overlap what the caller does next (decoding the
     images). The builder's own import then finds the modules loaded, or waits for them. An
     unknown name or a failed import is left to :func:`create_model` to report."""
     try:
-        modules = (*get_entry(name).spec.imports, *also)
+        modules = (*first, *get_entry(name).spec.imports)
     except UserError:
         return
     if modules:
