@@ -1,10 +1,12 @@
-"""Cold processes that build a model, against an earlier commit: what each one pays before its
-first image (:mod:`braintl.models.without_dynamo` leaves torch._dynamo unloaded).
+"""Cold command-line processes against an earlier commit: what each one pays before its answer
+or its first image (:mod:`braintl.models.without_dynamo` leaves torch._dynamo unloaded).
 
 Each command runs in a fresh ``python`` from a temporary folder, with one side's ``braintl``
 first on PYTHONPATH (the earlier commit exported with ``git archive``), the sides alternating,
 whole process timed, wall and CPU:
 
+- ``version``, ``help``: ``braintl --version`` and ``braintl --help``, which import no
+  command's module (:mod:`braintl.cli`).
 - ``predict``: ``braintl predict`` of one folder with a MobileNetV2 package (96 px), the figure
   a user meets; both sides' probabilities are required equal.
 - ``build <backbone>``: ``create_model`` at 224 px and exit, what a process scoring with that
@@ -64,6 +66,8 @@ def commands(data: str, images: str, package: str, work: str) -> dict[str, list[
     predict = ["-m", "braintl.cli", "predict", "--model", package, images, "--json"]
     build = "from braintl.models import create_model; create_model({!r}, image_size=224)"
     return {
+        "version": ["-m", "braintl.cli", "--version"],
+        "help": ["-m", "braintl.cli", "--help"],
         "predict": predict,
         **{f"build {name}": ["-c", build.format(name)] for name in BUILDS},
         "train": train_args(data, os.path.join(work, "train"), 2),

@@ -104,6 +104,36 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"braintl {__version__}"
 
 
+@pytest.mark.parametrize(
+    "argv, heavy",
+    [
+        (["--version"], ("torch", "braintl.commands", "prefect", "sklearn")),
+        (["--help"], ("torch", "braintl.commands", "prefect", "sklearn")),
+        (["model", "--help"], ("torch", "braintl.commands.train", "braintl.commands.data")),
+    ],
+    ids=["version", "help", "model-help"],
+)
+def test_the_quick_answers_import_no_other_command(argv, heavy):
+    """A command's module (torch, Prefect...) loads only for that command: ``braintl --help``
+    and ``--version`` answer at once, and every command is still listed."""
+    probe = (
+        "import json, runpy, sys\n"
+        f"sys.argv = ['braintl', *{argv!r}]\n"
+        "try:\n    runpy.run_module('braintl.cli', run_name='__main__')\n"
+        "except SystemExit as exit_:\n    code = exit_.code\n"
+        "print(json.dumps({'code': code, 'loaded': sorted(sys.modules)}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    answer = json.loads(out.splitlines()[-1])
+    assert answer["code"] == 0
+    assert not [m for m in answer["loaded"] if m.startswith(heavy)]
+    if argv == ["--help"]:
+        for command in ("data", "train", "run", "predict", "model", "report"):
+            assert f"    {command} " in out
+
+
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
 def test_progress_display_draws_what_the_flow_reports(terminal):
     stream = io.StringIO()

@@ -29,8 +29,7 @@ from braintl.data.splits import PROTOCOLS, leakage, members
 from braintl.errors import UserError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="inspect, split and prepare labelled images")
+def register(data: argparse.ArgumentParser) -> None:
     cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     inspect = cmds.add_parser("inspect", help="counts, quarantined files, duplicates, fingerprint")

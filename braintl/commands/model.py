@@ -15,8 +15,7 @@ from braintl.errors import UserError
 HISTORY_SHOWN = 10
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="show or change the champion (the model in use)")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("status", "promote", "rollback"))
     p.add_argument("run", nargs="?", metavar="RUN", help="promote: a run id under OUT, or its URL")
     p.add_argument(

@@ -21,8 +21,7 @@ from braintl.storage import Location, resolve
 PROGRESS_FROM = 64  # images; fewer finish before a progress bar would help
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="apply a published model to images")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGES", help="image files, folders or URLs")
     p.add_argument("--data", metavar="URL", help="a folder (local or s3://) of images to score")
     p.add_argument(

@@ -14,8 +14,7 @@ from braintl.storage import resolve
 from braintl.urls import within
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="render the HTML report of a run")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "run_url", metavar="RUN_URL", help="a run, OUT_URL/runs/<run_id>, or OUT_URL (its latest)"
     )

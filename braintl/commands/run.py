@@ -50,8 +50,7 @@ FIELD_FLAGS = (
 RUN_FAILED = 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="the retrain flow: sweep, cross-validation, results")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--params",
         metavar="FILE|JSON",

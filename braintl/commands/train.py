@@ -28,8 +28,7 @@ from braintl.urls import check_locations
 SCORES = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "brier", "ece")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train and score one model on one fold")
+def register(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model and training")
     model.add_argument(
         "--backbone", default="scratch_cnn", help=f"one of {', '.join(list_models())}"
