@@ -75,6 +75,28 @@ def test_timm_loads_dynamo_whole_through_the_stand_in():
     assert out == {"utils_type": "module", "bound": True, "compiled_ok": True}
 
 
+def test_a_failed_import_leaves_no_stand_in_behind():
+    out = _fresh(
+        """
+        import json, sys
+        import torch
+        from braintl.models.without_dynamo import DYNAMO_UTILS, import_library
+        finders = list(sys.meta_path)
+        try:
+            import_library("braintl_no_such_library")
+            error = None
+        except ModuleNotFoundError as exc:
+            error = exc.name
+        print(json.dumps({
+            "error": error,
+            "left": DYNAMO_UTILS in sys.modules,
+            "finders_restored": sys.meta_path == finders,
+        }))
+        """
+    )
+    assert out == {"error": "braintl_no_such_library", "left": False, "finders_restored": True}
+
+
 def test_meta_build_skips_random_fills_without_touching_the_generator_or_other_threads():
     state = torch.random.get_rng_state()
     with meta_build():
