@@ -79,8 +79,8 @@ def instrument():
     mark("imports done")
 
 inner_build = cli.build_parser
-def build_parser():
-    parser = inner_build()
+def build_parser(*args):
+    parser = inner_build(*args)
     instrument()
     return parser
 cli.build_parser = build_parser
