@@ -12,8 +12,9 @@ import json
 import os
 import posixpath
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 import numpy as np
@@ -94,6 +95,9 @@ class Location:
                     "first or fix the output URL."
                 ) from exc
             return
+        self._replace_local(data)
+
+    def _replace_local(self, data: bytes | Callable[[BinaryIO], None]) -> None:
         try:
             local_replace(self.path, data)
         except OSError as exc:
@@ -118,6 +122,11 @@ class Location:
         return np.load(io.BytesIO(self.read_bytes()), allow_pickle=False)
 
     def write_array(self, array: np.ndarray) -> None:
+        """A local file is written straight from ``array`` (no in-memory copy of a cache that
+        may take gigabytes), through the same fsynced temporary file as :meth:`write_bytes`."""
+        if self.protocol == "file":
+            self._replace_local(lambda fh: np.save(fh, array, allow_pickle=False))
+            return
         buf = io.BytesIO()
         np.save(buf, array, allow_pickle=False)
         self.write_bytes(buf.getvalue())
@@ -140,8 +149,9 @@ def _umask() -> int:
 _UMASK = _umask()  # read once: setting it is process-wide
 
 
-def local_temporary(path: str, data: bytes) -> str:
-    """A new file beside ``path`` holding ``data``, on disk, to be renamed or linked into place.
+def local_temporary(path: str, data: bytes | Callable[[BinaryIO], None]) -> str:
+    """A new file beside ``path`` holding ``data`` (or what ``data(file)`` writes), on disk, to
+    be renamed or linked into place.
 
     Its name is unique (``mkstemp`` in the target folder, so the rename stays on one file
     system), so concurrent writers of one path never share a temporary file; it is fsynced
@@ -154,7 +164,10 @@ def local_temporary(path: str, data: bytes) -> str:
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
-            fh.write(data)
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -163,7 +176,7 @@ def local_temporary(path: str, data: bytes) -> str:
     return tmp
 
 
-def local_replace(path: str, data: bytes) -> None:
+def local_replace(path: str, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Replace the local file ``path`` by ``data`` whole, through :func:`local_temporary`."""
     tmp = local_temporary(path, data)
     try:

