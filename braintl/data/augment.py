@@ -181,8 +181,9 @@ def augment_images(
     for key in keys:  # rank among sources sharing a key, in input order
         duplicate.append(seen[key])
         seen[key] += 1
+    sources = [np.ascontiguousarray(image) for image in images]  # once a source, not a copy
     copies = [
-        augment_image(images[i], copy_rng(seed, keys[i], copy, duplicate[i]), config)
+        augment_image(sources[i], copy_rng(seed, keys[i], copy, duplicate[i]), config)
         for i, copy in plan
     ]
     return copies, np.array([i for i, _ in plan], dtype=np.int64)
