@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
+import numpy as np
 import pytest
 from concurrency import race
 
@@ -39,6 +40,18 @@ def test_a_local_write_is_on_disk_before_it_is_renamed(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), replace(a, b))[1])
     resolve(str(tmp_path / "a.json")).write_json({"run_id": "r1"})
     assert calls == ["fsync", "replace"]
+
+
+def test_an_array_that_fails_to_serialise_leaves_the_old_file_whole(tmp_path):
+    """A local array is streamed into its temporary file (no in-memory copy); when the stream
+    fails part-way (here an object array, which braintl never pickles) the old file stays as
+    it was and no temporary file is left."""
+    target = resolve(str(tmp_path / "features.npy"))
+    target.write_array(np.arange(6, dtype=np.float32))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        target.write_array(np.array([{"a": 1}, None], dtype=object))
+    assert np.array_equal(target.read_array(), np.arange(6, dtype=np.float32))
+    assert os.listdir(tmp_path) == ["features.npy"]
 
 
 def test_node_cache_folder_is_private(tmp_path):
