@@ -158,6 +158,7 @@ def test_storage_outage_retries_then_fails_cleanly(s3_server, s3_bucket, monkeyp
     storage tasks retry and the run completes; never back, the run fails naming the problem,
     ``latest.json`` still names the first run and the failed run has no completion marker."""
     proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1]))
+    gone = TcpProxy(proxy.target_port)  # the never-back part's endpoint
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the flow and its Ray workers go through it
     direct = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True)
     bucket = s3_bucket.removeprefix("s3://")
@@ -187,17 +188,14 @@ def test_storage_outage_retries_then_fails_cleanly(s3_server, s3_bucket, monkeyp
         # default five attempts a call against a refused port (5-7 s a call) only lengthen the
         # wait; what this part checks is that the storage tasks' own retries end cleanly.
         ray.shutdown()
-        gone = TcpProxy(proxy.target_port)
         monkeypatch.setenv("AWS_ENDPOINT_URL", gone.url)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         gone.cut_on(RESULTS_PUT, outage=None)
-        try:
-            failed = retrain(params.model_copy(update={"force": True}), return_state=True)
-            gave_up = time.perf_counter() - gone.times["cut"]
-        finally:
-            gone.close()
+        failed = retrain(params.model_copy(update={"force": True}), return_state=True)
+        gave_up = time.perf_counter() - gone.times["cut"]
     finally:
         proxy.close()
+        gone.close()
         ray.shutdown()
     assert failed.is_failed()
     assert "storage unreachable" in failed.message and "AWS_ENDPOINT_URL" in failed.message
